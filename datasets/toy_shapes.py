@@ -1,0 +1,154 @@
+"""ToyShapes: a built-in 10-class dataset of drawn shapes for demos and tests (no download needed).
+
+Generated once into ``<DATASET.ROOT>/toy_shapes/``::
+
+    images/<class>/<nnnn>.png     64x64 RGB, random colours, size, position, rotation
+    split_toy_shapes.json         split_zhou format, paths relative to images/
+
+Per class 24 train / 8 val / 12 test images. Generation is deterministic (its own ``random.Random`` with a fixed
+seed, so it neither depends on nor consumes the global ``random`` that ``SEED`` controls) and atomic: everything is
+written into a temp folder beside the target, which is then renamed into place, so concurrent runs and interrupted
+runs never see a half-written dataset. After generation it behaves like every other split-file dataset
+(few-shot cache, base/new = 5/5 classes).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+from typing import List, Sequence, Tuple
+
+from PIL import Image, ImageDraw
+
+from dassl.data.datasets import DATASET_REGISTRY
+
+from .common import SplitDataset, write_json_atomic
+
+#: label order (label i = CLASSNAMES[i])
+CLASSNAMES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent", "pentagon", "arrow")
+SPLIT_SIZES = {"train": 24, "val": 8, "test": 12}  # images per class
+IMAGE_SIZE = 64
+GENERATION_SEED = 20250825  # fixed: the dataset is the same on every machine, whatever SEED a run uses
+SUPERSAMPLE = 4  # draw at 4x and downscale, for anti-aliased edges
+
+Point = Tuple[float, float]
+
+
+def _regular_polygon(n: int, radius: float, phase: float = -math.pi / 2) -> List[Point]:
+    return [(radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _outline(shape: str, r: float) -> List[Point]:
+    """Polygon of ``shape`` centred at the origin with circumradius about ``r`` (for the polygon shapes)."""
+    if shape == "square":
+        return _regular_polygon(4, r, math.pi / 4)
+    if shape == "triangle":
+        return _regular_polygon(3, r)
+    if shape == "pentagon":
+        return _regular_polygon(5, r)
+    if shape == "hexagon":
+        return _regular_polygon(6, r)
+    if shape == "star":
+        outer, inner = _regular_polygon(5, r), _regular_polygon(5, 0.42 * r, -math.pi / 2 + math.pi / 5)
+        return [p for pair in zip(outer, inner) for p in pair]
+    if shape == "cross":
+        w = 0.3 * r
+        return [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
+                (-w, -w)]
+    if shape == "arrow":
+        shaft, head = 0.22 * r, 0.65 * r
+        return [(-r, -shaft), (0.15 * r, -shaft), (0.15 * r, -head), (r, 0.0), (0.15 * r, head), (0.15 * r, shaft),
+                (-r, shaft)]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _colour(rng: random.Random) -> Tuple[int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+
+def draw_shape(shape: str, rng: random.Random) -> Image.Image:
+    """One 64x64 RGB image of ``shape`` with random background/foreground colour, size, position and rotation."""
+    background = _colour(rng)
+    foreground = _colour(rng)
+    while sum(abs(a - b) for a, b in zip(background, foreground)) < 240:  # keep the shape clearly visible
+        foreground = _colour(rng)
+    size = IMAGE_SIZE * SUPERSAMPLE
+    r = rng.uniform(0.22, 0.4) * size
+    cx, cy = rng.uniform(r + 2, size - r - 2), rng.uniform(r + 2, size - r - 2)
+    angle = rng.uniform(0, 2 * math.pi)
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+
+    def place(points: Sequence[Point]) -> List[Point]:
+        return [(cx + x * cos_a - y * sin_a, cy + x * sin_a + y * cos_a) for x, y in points]
+
+    def disc(x: float, y: float, radius: float) -> List[float]:
+        return [x - radius, y - radius, x + radius, y + radius]
+
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse(disc(cx, cy, r), fill=foreground)
+    elif shape == "ring":
+        draw.ellipse(disc(cx, cy, r), fill=foreground)
+        draw.ellipse(disc(cx, cy, 0.58 * r), fill=background)
+    elif shape == "crescent":
+        draw.ellipse(disc(cx, cy, r), fill=foreground)
+        (bx, by), = place([(0.45 * r, 0.0)])  # the bite: a background disc shifted along the rotation angle
+        draw.ellipse(disc(bx, by, 0.85 * r), fill=background)
+    else:
+        draw.polygon(place(_outline(shape, r)), fill=foreground)
+    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+
+
+def generate_toy_shapes(target_dir: str, split_file: str) -> None:
+    """Create ``target_dir`` (images + split file) atomically; a no-op if another run already created it."""
+    parent = os.path.dirname(target_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(target_dir)}-", dir=parent)
+    try:
+        rng = random.Random(GENERATION_SEED)
+        split = {name: [] for name in SPLIT_SIZES}
+        per_class = sum(SPLIT_SIZES.values())
+        for label, shape in enumerate(CLASSNAMES):
+            os.makedirs(os.path.join(tmp_dir, "images", shape))
+            for index in range(per_class):
+                relpath = f"{shape}/{index:04d}.png"
+                draw_shape(shape, rng).save(os.path.join(tmp_dir, "images", relpath))
+                # first 24 -> train, next 8 -> val, last 12 -> test
+                bound = 0
+                for split_name, count in SPLIT_SIZES.items():
+                    bound += count
+                    if index < bound:
+                        split[split_name].append([relpath, label, shape])
+                        break
+        write_json_atomic(split, os.path.join(tmp_dir, split_file))
+        try:
+            os.rename(tmp_dir, target_dir)
+        except OSError:
+            # Another run renamed its copy first (target now non-empty): use that one, identical by construction.
+            if not os.path.isfile(os.path.join(target_dir, split_file)):
+                raise
+    finally:
+        if os.path.isdir(tmp_dir):
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+@DATASET_REGISTRY.register()
+class ToyShapes(SplitDataset):
+    """10 drawn-shape classes (``CLASSNAMES``), generated on first use under ``DATASET.ROOT/toy_shapes``."""
+
+    dataset_dir = "toy_shapes"
+    image_dir = "images"
+    split_file = "split_toy_shapes.json"
+    anchor = "toyshapes"
+
+    def prepare(self, root: str) -> None:
+        if os.path.isdir(self.dataset_dir):
+            # Only ever created complete (atomic rename), so a folder without its split file was made by hand.
+            self.source.require_file(self.split_path, "split file", f"delete {self.dataset_dir} to regenerate it")
+            return
+        print(f"Generating the ToyShapes dataset in {self.dataset_dir}")
+        generate_toy_shapes(self.dataset_dir, self.split_file)
