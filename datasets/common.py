@@ -4,7 +4,8 @@ What lives here (DATASETS_FACTS.md §2-§4):
 
 * clear one-line errors for a missing dataset folder, split file or image (``DataSource.missing``);
 * the CoOp ``split_zhou_<Name>.json`` format: :func:`read_split` / :func:`write_split`;
-* split generation: :func:`read_and_split_data` (class folders -> 50/20/30) and :func:`split_trainval` (80/20);
+* split generation: :func:`read_and_split_data` (class folders -> 50/20/30), :func:`split_by_ratio` (one class,
+  50/20/30) and :func:`split_trainval` (80/20);
 * the few-shot cache ``split_fewshot/shot_<K>-seed_<SEED>.pkl``: :func:`load_or_create_fewshot`;
 * the base/new class split: :func:`subsample_classes`;
 * atomic writes (temp file + ``os.replace``) so that an interrupted or failed run never leaves a half-written
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dassl.data.datasets import Datum, DatasetBase
-from dassl.utils import listdir_nohidden, read_json
+from dassl.utils import UserError, listdir_nohidden, read_json
 
 DOC_FILE = "DATASETS.md"
 SPLIT_FEWSHOT_DIR = "split_fewshot"
@@ -37,21 +38,32 @@ SUBSAMPLE_CHOICES = ("all", "base", "new")
 Split = List[Datum]
 
 
+class MissingDataError(UserError, FileNotFoundError):
+    """An expected dataset folder, split/annotation file or image is not there.
+
+    A ``UserError`` (train.py prints the one-line message, no traceback) that is also a ``FileNotFoundError``.
+    """
+
+
 @dataclass(frozen=True)
 class DataSource:
-    """Who is reading what, for error messages: registered dataset name + its DATASETS.md section anchor."""
+    """Who is reading, for error messages: the registered dataset name (its DATASETS.md section anchor is the
+    name lower-cased, e.g. ``DATASETS.md#oxfordpets``)."""
 
     name: str
-    anchor: str
 
-    def missing(self, what: str, path: str, hint: str = "") -> FileNotFoundError:
+    @property
+    def anchor(self) -> str:
+        return self.name.lower()
+
+    def missing(self, what: str, path: str, hint: str = "") -> MissingDataError:
         """The one-line error for an expected file or folder that is not there (``hint``: an extra fix)."""
         fix = f"{hint}; see" if hint else "see"
-        return FileNotFoundError(f"{self.name}: {what} not found: {path} ({fix} {DOC_FILE}#{self.anchor})")
+        return MissingDataError(f"{self.name}: {what} not found: {path} ({fix} {DOC_FILE}#{self.anchor})")
 
-    def invalid(self, what: str, path: str, problem: str) -> ValueError:
+    def invalid(self, what: str, path: str, problem: str) -> UserError:
         """The one-line error for a file that exists but cannot be used."""
-        return ValueError(f"{self.name}: {what} {path} {problem} (see {DOC_FILE}#{self.anchor})")
+        return UserError(f"{self.name}: {what} {path} {problem} (see {DOC_FILE}#{self.anchor})")
 
     def require_dir(self, path: str, what: str) -> str:
         if not os.path.isdir(path):
@@ -168,7 +180,7 @@ def split_trainval(trainval: Split, p_val: float = 0.2) -> Tuple[Split, Split]:
     for label, idxs in by_label.items():
         n_val = round(len(idxs) * p_val)
         if n_val <= 0:
-            raise ValueError(
+            raise UserError(
                 f"class {label} ({trainval[idxs[0]].classname!r}) has {len(idxs)} train+val images, "
                 f"too few to hold out {p_val:.0%} for validation"
             )
@@ -195,31 +207,36 @@ def read_and_split_data(
     """
     categories = [c for c in listdir_nohidden(image_dir, sort=True) if c not in ignored]
     categories = [c for c in categories if os.path.isdir(os.path.join(image_dir, c))]
+    if not categories:
+        raise source.missing("class folders", os.path.join(image_dir, "<class>"))
     train, val, test = [], [], []
     for label, category in enumerate(categories):
         category_dir = os.path.join(image_dir, category)
         impaths = [os.path.join(category_dir, name) for name in listdir_nohidden(category_dir, sort=True)]
-        random.shuffle(impaths)
-        n_total = len(impaths)
-        n_train = round(n_total * p_trn)
-        n_val = round(n_total * p_val)
-        n_test = n_total - n_train - n_val
-        if min(n_train, n_val, n_test) <= 0:
-            raise ValueError(
-                f"{source.name}: class folder {category_dir} has {n_total} images, too few for a "
-                f"{p_trn:.0%}/{p_val:.0%}/rest train/val/test split (see {DOC_FILE}#{source.anchor})"
-            )
         classname = new_cnames.get(category, category) if new_cnames else category
-
-        def datums(paths: Sequence[str]) -> Split:
-            return [make_datum(p, label, classname, source, category_dir) for p in paths]
-
-        train.extend(datums(impaths[:n_train]))
-        val.extend(datums(impaths[n_train:n_train + n_val]))
-        test.extend(datums(impaths[n_train + n_val:]))
-    if not categories:
-        raise source.missing("class folders", os.path.join(image_dir, "<class>"))
+        for split, paths in zip((train, val, test), split_by_ratio(impaths, p_trn, p_val, category_dir, source)):
+            split.extend(Datum(impath=path, label=label, classname=classname) for path in paths)
     return train, val, test
+
+
+def split_by_ratio(
+    items: List[str], p_trn: float, p_val: float, what: str, source: DataSource
+) -> Tuple[List[str], List[str], List[str]]:
+    """Shuffle one class's items (in place) and cut ``round(n*p_trn)`` train, ``round(n*p_val)`` val, rest test.
+
+    Python's ``round`` is round-half-to-even, as in CoOp. Each part must be non-empty; ``what`` names the class
+    in the error.
+    """
+    random.shuffle(items)
+    n_total = len(items)
+    n_train = round(n_total * p_trn)
+    n_val = round(n_total * p_val)
+    if min(n_train, n_val, n_total - n_train - n_val) <= 0:
+        raise UserError(
+            f"{source.name}: {what} has {n_total} images, too few for a {p_trn:.0%}/{p_val:.0%}/rest "
+            f"train/val/test split (see {DOC_FILE}#{source.anchor})"
+        )
+    return items[:n_train], items[n_train:n_train + n_val], items[n_train + n_val:]
 
 
 # ------------------------------------------------------------------------------------------ few-shot + base/new
@@ -284,7 +301,7 @@ def subsample_classes(*splits: Split, subsample: str = "all") -> List[Split]:
     ``subsample="all"`` returns the splits unchanged.
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be one of {', '.join(SUBSAMPLE_CHOICES)}, got {subsample!r}")
+        raise UserError(f"DATASET.SUBSAMPLE_CLASSES must be one of {', '.join(SUBSAMPLE_CHOICES)}, got {subsample!r}")
     if subsample == "all":
         return list(splits)
     labels = sorted({item.label for item in splits[0]})
@@ -318,10 +335,9 @@ class SplitDataset(DatasetBase):
     dataset_dir = ""  # folder under DATASET.ROOT
     image_dir = ""  # folder under dataset_dir that split paths are relative to ("" = dataset_dir itself)
     split_file = ""  # split json inside dataset_dir
-    anchor = ""  # section id in DATASETS.md
 
     def __init__(self, cfg: Any) -> None:
-        self.source = DataSource(type(self).__name__, self.anchor)
+        self.source = DataSource(type(self).__name__)
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         self.dataset_dir = os.path.join(root, type(self).dataset_dir)
         self.image_dir = os.path.join(self.dataset_dir, type(self).image_dir) if type(self).image_dir else self.dataset_dir
