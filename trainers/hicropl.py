@@ -1,0 +1,689 @@
+"""HiCroPL: Hierarchical Cross-modal Prompt Learning for vision-language models (Zheng et al., ICCV 2025).
+
+One self-contained trainer file, read top to bottom:
+
+1. precision table (``PREC``) and config validation (``check_hicropl_cfg``);
+2. frozen text classifier W from averaged class descriptions, cached on disk (SPEC §4.2);
+3. building blocks: LKP, the layer-specific knowledge proxy (SPEC §3.2), and the hierarchical knowledge
+   mapper (SPEC §3.3);
+4. ``HiCroPLPromptLearner``: per-layer text prompts P_t[0..J-1] and visual prompts P_v[0..J-1]; layers [0, k) are
+   mapped text -> image, layers [k, J) image -> text (SPEC §3.4), either written back into the prompt parameters
+   without gradient (``MAPPER_MODE released``) or computed as differentiable tensors (``differentiable``);
+5. ``CustomCLIP``: prompted CLIP + frozen teacher, fused logits (SPEC §4.1) and the loss (SPEC §4.3);
+6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code).
+
+Shapes: m = N_CTX, J = PROMPT_DEPTH, k = CROSS_LAYER, D_t / D_v = text / vision token width, d = joint embedding
+width, n_cls = number of classes, B = batch size. Widths, depths, dtypes and devices are read from the CLIP model.
+"""
+import copy
+import hashlib
+import json
+import os
+import os.path as osp
+import tempfile
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from yacs.config import CfgNode
+
+import clip
+from clip.model import CLIP, convert_weights
+from dassl.engine import TRAINER_REGISTRY, TrainerX
+from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import load_checkpoint
+from descriptions import description_file, load_descriptions, too_long_for_context
+from trainers.config import MAPPER_MODES, PRECISIONS
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Precision and config validation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one ``PREC`` value runs: weight dtype of CLIP and the prompt learner, autocast dtype, loss scaling."""
+
+    weights: torch.dtype
+    autocast: Optional[torch.dtype]  # None: no autocast
+    grad_scaler: bool
+    cpu_ok: bool
+
+    def autocast_context(self, device_type: str) -> ContextManager:
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=device_type, dtype=self.autocast)
+
+
+PRECISION_TABLE: Dict[str, Precision] = {
+    # released behaviour: CLIP matmul/conv weights and the whole prompt learner in fp16 (Adam needs OPTIM.EPS 1e-3)
+    "fp16": Precision(weights=torch.float16, autocast=None, grad_scaler=False, cpu_ok=False),
+    "fp32": Precision(weights=torch.float32, autocast=None, grad_scaler=False, cpu_ok=True),
+    "amp": Precision(weights=torch.float32, autocast=torch.float16, grad_scaler=True, cpu_ok=False),
+    "bf16": Precision(weights=torch.float32, autocast=torch.bfloat16, grad_scaler=False, cpu_ok=True),
+}
+assert set(PRECISION_TABLE) == set(PRECISIONS)
+
+
+def check_hicropl_cfg(
+    hc: CfgNode,
+    device: Optional[torch.device] = None,
+    clip_model: Optional[CLIP] = None,
+) -> None:
+    """Validate ``TRAINER.HICROPL`` (every check of the method lives here; each failure is one clear line).
+
+    Config-only checks always run; ``device`` adds the precision/device check, ``clip_model`` the checks against the
+    backbone (ViT image tower, depth, head count). The prompt-length check needs the class names and is done by
+    ``build_text_template`` where the prompts are tokenised.
+    """
+    if hc.PREC not in PRECISION_TABLE:
+        raise ValueError(f"TRAINER.HICROPL.PREC is {hc.PREC!r}; choose one of {', '.join(PRECISIONS)}")
+    if hc.MAPPER_MODE not in MAPPER_MODES:
+        raise ValueError(f"TRAINER.HICROPL.MAPPER_MODE is {hc.MAPPER_MODE!r}; choose one of {', '.join(MAPPER_MODES)}")
+    if hc.N_CTX < 1:
+        raise ValueError(f"TRAINER.HICROPL.N_CTX is {hc.N_CTX}; it must be >= 1")
+    if hc.PROMPT_DEPTH < 1:
+        raise ValueError(f"TRAINER.HICROPL.PROMPT_DEPTH is {hc.PROMPT_DEPTH}; it must be >= 1")
+    if not 0 <= hc.CROSS_LAYER <= hc.PROMPT_DEPTH:
+        raise ValueError(
+            f"TRAINER.HICROPL.CROSS_LAYER ({hc.CROSS_LAYER}) must lie in [0, PROMPT_DEPTH] = [0, {hc.PROMPT_DEPTH}]"
+        )
+    if hc.LAMBD < 0:
+        raise ValueError(f"TRAINER.HICROPL.LAMBD is {hc.LAMBD}; it must be >= 0")
+    if hc.MAPPER_HEADS < 1:
+        raise ValueError(f"TRAINER.HICROPL.MAPPER_HEADS is {hc.MAPPER_HEADS}; it must be >= 1")
+    if device is not None and device.type == "cpu" and not PRECISION_TABLE[hc.PREC].cpu_ok:
+        raise ValueError(
+            f"TRAINER.HICROPL.PREC {hc.PREC} needs a CUDA device; on CPU use PREC fp32 or bf16"
+        )
+    if clip_model is None:
+        return
+    if not hasattr(clip_model.visual, "transformer"):
+        raise ValueError("HiCroPL needs a ViT image tower (prompts are tokens); choose a ViT backbone, e.g. ViT-B/16")
+    layers = min(clip_model.visual.layers, clip_model.transformer.layers)
+    if hc.PROMPT_DEPTH > layers:
+        raise ValueError(
+            f"TRAINER.HICROPL.PROMPT_DEPTH ({hc.PROMPT_DEPTH}) exceeds the backbone's depth ({layers} layers)"
+        )
+    for tower, width in (("text", clip_model.transformer.width), ("vision", clip_model.visual.width)):
+        if width % hc.MAPPER_HEADS:
+            raise ValueError(
+                f"TRAINER.HICROPL.MAPPER_HEADS ({hc.MAPPER_HEADS}) must divide the {tower} width ({width})"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Frozen text classifier W (SPEC §4.2), cached on disk
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Where W tables are cached: $HICROPL_CACHE_DIR, else ~/.cache/hicropl.
+CACHE_ENV = "HICROPL_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hicropl")
+
+
+def _text_tower_digest(clip_model: CLIP) -> str:
+    """SHA-256 of every weight the text features depend on (all of CLIP except the image tower)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(clip_model.state_dict().items()):
+        if name.startswith("visual."):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def encode_descriptions(clip_model: CLIP, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+    """W (n_cls, d) float32, unit rows: per class, the normalised mean of its normalised sentence features."""
+    flat = [s for group in sentences for s in group]
+    device = clip_model.token_embedding.weight.device
+    features = []
+    for start in range(0, len(flat), batch_size):
+        tokens = clip.tokenize(flat[start:start + batch_size]).to(device)
+        features.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+    features = torch.cat(features)  # (n_sentences, d)
+    rows, start = [], 0
+    for group in sentences:
+        rows.append(features[start:start + len(group)].mean(dim=0))
+        start += len(group)
+    return F.normalize(torch.stack(rows), dim=-1)
+
+
+def frozen_text_features(clip_model: CLIP, sentences: Sequence[Sequence[str]]) -> torch.Tensor:
+    """``encode_descriptions`` with an on-disk cache keyed by (text-tower weights, per-class sentence lists).
+
+    The sentence lists are the description-file content for the current class list in label order, so the key
+    changes with the backbone, the file or the classes. Writes are atomic (temp file + rename); a cache that cannot
+    be written only costs a recomputation next time.
+    """
+    digest = hashlib.sha256(_text_tower_digest(clip_model).encode())
+    digest.update(json.dumps([list(group) for group in sentences]).encode())
+    path = cache_dir() / "text_features" / f"{digest.hexdigest()}.pt"
+    device = clip_model.token_embedding.weight.device
+    if path.is_file():
+        print(f"Frozen text features W: loaded from {path}")
+        return torch.load(path, map_location=device, weights_only=True)
+    weights = encode_descriptions(clip_model, sentences)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(weights.cpu(), f)
+        os.replace(tmp, path)
+        print(f"Frozen text features W: {sum(map(len, sentences))} sentences encoded, cached at {path}")
+    except OSError as e:
+        print(f"Frozen text features W: could not write the cache {path} ({e}); continuing without it")
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), CLIP's GELU approximation (used by the released mapper FFN)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class LayerKnowledgeProxy(nn.Module):
+    """LKP (SPEC §3.2): compress one layer's m prompts into one knowledge token.
+
+    p' = LN2(p + MHA(LN1(p), LN1(P), LN1(P))) with the same LN1 on query, keys and values; no FFN.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, proxy: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """proxy (1, D), prompts (m, D) -> (1, D)."""
+        query, source = self.ln_1(proxy), self.ln_1(prompts)
+        return self.ln_2(proxy + self.attn(query, source, source, need_weights=False)[0])
+
+
+class HierarchicalKnowledgeMapper(nn.Module):
+    """Mapper M (SPEC §3.3): the prompts of one modality attend to the layer knowledge of the other.
+
+    Q = linear_q(X), K = linear_k(S), V = linear_v(S); Q1 = Q + MHA(LN1(Q), LN1(K), LN1(V)); Y = Q1 + FFN(LN2(Q1)).
+    Every query row attends to all source rows (no mask), so each layer sees the knowledge of every layer of its
+    segment; rows of X never interact.
+    """
+
+    def __init__(self, query_width: int, source_width: int, heads: int) -> None:
+        super().__init__()
+        self.linear_q = nn.Linear(query_width, query_width)
+        self.linear_k = nn.Linear(source_width, query_width)
+        self.linear_v = nn.Linear(source_width, query_width)
+        self.attn = nn.MultiheadAttention(query_width, heads)
+        self.ln_1 = nn.LayerNorm(query_width)
+        self.ffn = nn.Sequential(
+            OrderedDict(
+                c_fc=nn.Linear(query_width, 4 * query_width),
+                gelu=QuickGELU(),
+                c_proj=nn.Linear(4 * query_width, query_width),
+            )
+        )
+        self.ln_2 = nn.LayerNorm(query_width)
+
+    def forward(self, queries: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """queries X (N, D_query), sources S (n, D_source) -> Y (N, D_query)."""
+        q, k, v = self.linear_q(queries), self.linear_k(sources), self.linear_v(sources)
+        q = q + self.attn(self.ln_1(q), self.ln_1(k), self.ln_1(v), need_weights=False)[0]
+        return q + self.ffn(self.ln_2(q))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Prompt learner
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_text_template(hc: CfgNode, classnames: Sequence[str]) -> Tuple[str, List[str], bool]:
+    """Prompt prefix, one prompt text per class, and whether CTX_INIT initialises P_t[0].
+
+    Released behaviour (SPEC F4): CTX_INIT is used only when N_CTX <= 4; the text becomes "<CTX_INIT> <class>." and
+    its first N_CTX tokens are replaced by the learnable prompts (the remaining words stay fixed). Otherwise the
+    text is "X X ... X <class>." with N_CTX placeholders.
+    """
+    m = hc.N_CTX
+    ctx_init = hc.CTX_INIT.replace("_", " ").strip()
+    use_init = bool(ctx_init) and m <= 4
+    if use_init:
+        n_init = int(clip.tokenize([ctx_init]).argmax(dim=-1)) - 1  # tokens between SOT and EOT
+        if n_init < m:
+            raise ValueError(
+                f"TRAINER.HICROPL.CTX_INIT {ctx_init!r} has {n_init} tokens, fewer than N_CTX={m}; "
+                "give a longer CTX_INIT or set it to \"\""
+            )
+        prefix = ctx_init
+    else:
+        prefix = " ".join(["X"] * m)
+    texts = [f"{prefix} {name.replace('_', ' ')}." for name in classnames]
+    bad = too_long_for_context(texts)
+    if bad:
+        names = ", ".join(repr(classnames[i]) for i in bad)
+        raise ValueError(
+            f"TRAINER.HICROPL.N_CTX={m}: the prompt does not fit CLIP's 77-token context for class(es) {names}; "
+            "lower N_CTX (or shorten the class names)"
+        )
+    return prefix, texts, use_init
+
+
+class HiCroPLPromptLearner(nn.Module):
+    """Per-layer prompts of both towers, the knowledge proxies and the two mappers (SPEC §3.1, §3.4).
+
+    State-dict keys (the learned / mapping-defining tensors; names as in the released code, SPEC §7.2):
+      cross_prompts_text.{0..J-1} (m, D_t)      P_t; entry 0 is the first-layer text context ("ctx")
+      cross_prompts_visual.{0..J-1} (m, D_v)    P_v
+      text_proxy_token.{0..k-1} (1, D_t), visual_proxy_token.{0..J-k-1} (1, D_v)
+      attn_pooling_text_nets.{0..k-1}.*, attn_pooling_visual_nets.{0..J-k-1}.*   LKP modules (width D_t / D_v)
+      text2visual_net.* (queries D_v, sources D_t), visual2text_net.* (queries D_t, sources D_v)
+    A mapper whose segment is empty (k = 0 or k = J) is not built.
+
+    Initialisation as released (SPEC §3.1, §5.B): P_t entries independent N(0, 0.02^2) (P_t[0] from CTX_INIT when it
+    applies); all P_v entries share one N(0, 0.02^2) draw, all text proxies one N(0, 1) draw, all visual proxies
+    another, all LKP copies of a modality one initialisation -- identical values, separate storage.
+    """
+
+    def __init__(self, hc: CfgNode, classnames: Sequence[str], clip_model: CLIP) -> None:
+        super().__init__()
+        check_hicropl_cfg(hc, clip_model=clip_model)
+        m, depth, cross = hc.N_CTX, hc.PROMPT_DEPTH, hc.CROSS_LAYER
+        text_width, vision_width = clip_model.transformer.width, clip_model.visual.width
+        factory = {"device": clip_model.token_embedding.weight.device, "dtype": torch.float32}
+        self.n_ctx, self.depth, self.cross_layer = m, depth, cross
+        self.mapper_mode = hc.MAPPER_MODE
+
+        prefix, texts, use_init = build_text_template(hc, classnames)
+        self.prompt_prefix = prefix
+        # (n_cls, 77) token ids; positions 1..m are overwritten by the text prompts inside the text tower.
+        self.register_buffer("tokenized_prompts", clip.tokenize(texts).to(factory["device"]), persistent=False)
+
+        if use_init:
+            with torch.no_grad():
+                tokens = clip.tokenize([prefix]).to(factory["device"])
+                first = clip_model.token_embedding(tokens)[0, 1:1 + m].float()
+        else:
+            first = torch.empty(m, text_width, **factory).normal_(std=0.02)
+        self.cross_prompts_text = nn.ParameterList(
+            [nn.Parameter(first)]
+            + [nn.Parameter(torch.empty(m, text_width, **factory).normal_(std=0.02)) for _ in range(depth - 1)]
+        )
+        visual_init = torch.empty(m, vision_width, **factory).normal_(std=0.02)
+        self.cross_prompts_visual = nn.ParameterList([nn.Parameter(visual_init.clone()) for _ in range(depth)])
+        text_proxy = torch.randn(1, text_width, **factory)
+        self.text_proxy_token = nn.ParameterList([nn.Parameter(text_proxy.clone()) for _ in range(cross)])
+        visual_proxy = torch.randn(1, vision_width, **factory)
+        self.visual_proxy_token = nn.ParameterList([nn.Parameter(visual_proxy.clone()) for _ in range(depth - cross)])
+
+        heads = hc.MAPPER_HEADS
+        text_lkp = LayerKnowledgeProxy(text_width, heads).to(**factory)
+        visual_lkp = LayerKnowledgeProxy(vision_width, heads).to(**factory)
+        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_lkp) for _ in range(cross)])
+        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_lkp) for _ in range(depth - cross)])
+        self.text2visual_net = (
+            HierarchicalKnowledgeMapper(vision_width, text_width, heads).to(**factory) if cross > 0 else None
+        )
+        self.visual2text_net = (
+            HierarchicalKnowledgeMapper(text_width, vision_width, heads).to(**factory) if cross < depth else None
+        )
+
+        if self.mapper_mode == "released":
+            # The released code writes the mapper outputs into `.data`, so no gradient ever reaches these (SPEC §5.A).
+            for module in self.mapping_modules():
+                module.requires_grad_(False)
+
+    @property
+    def ctx(self) -> nn.Parameter:
+        """First-layer text prompts P_t[0] (m, D_t) -- the released code's ``ctx``."""
+        return self.cross_prompts_text[0]
+
+    def mapping_modules(self) -> List[nn.Module]:
+        """Everything that defines the mappings but is not a prompt: proxies, LKP modules, mappers."""
+        modules = [self.text_proxy_token, self.visual_proxy_token, self.attn_pooling_text_nets,
+                   self.attn_pooling_visual_nets]
+        return modules + [net for net in (self.text2visual_net, self.visual2text_net) if net is not None]
+
+    def map_text_to_visual(self) -> torch.Tensor:
+        """T->I flow, layers [0, k): P_v[0..k-1] attend to the LKP summaries of P_t[0..k-1]. Returns (k, m, D_v)."""
+        k = self.cross_layer
+        knowledge = torch.cat(
+            [lkp(self.text_proxy_token[i], self.cross_prompts_text[i])
+             for i, lkp in enumerate(self.attn_pooling_text_nets)]
+        )  # (k, D_t)
+        queries = torch.cat([self.cross_prompts_visual[i] for i in range(k)])  # (k*m, D_v)
+        return self.text2visual_net(queries, knowledge).view(k, self.n_ctx, -1)
+
+    def map_visual_to_text(self) -> torch.Tensor:
+        """I->T flow, layers [k, J): P_t[k..J-1] attend to the LKP summaries of P_v[k..J-1]. Returns (J-k, m, D_t)."""
+        k = self.cross_layer
+        knowledge = torch.cat(
+            [lkp(self.visual_proxy_token[i], self.cross_prompts_visual[k + i])
+             for i, lkp in enumerate(self.attn_pooling_visual_nets)]
+        )  # (J-k, D_v)
+        queries = torch.cat([self.cross_prompts_text[i] for i in range(k, self.depth)])  # ((J-k)*m, D_t)
+        return self.visual2text_net(queries, knowledge).view(self.depth - k, self.n_ctx, -1)
+
+    def forward(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Prompts for the encoders: (text [J x (m, D_t)], visual [J x (m, D_v)]); entry i is used at layer i.
+
+        The two flows read disjoint prompt sets (T->I reads P_t[0..k-1] and P_v[0..k-1], I->T reads P_t[k..J-1]
+        and P_v[k..J-1]), so their order does not matter and nothing chains between them.
+        released: the mapped prompts overwrite the parameters in place, without gradient, and the parameters are
+          returned (each call maps the previous call's values again: x <- M(x; sources)).
+        differentiable: the mapped prompts are returned as tensors; parameters are never modified.
+        """
+        k, depth = self.cross_layer, self.depth
+        text = list(self.cross_prompts_text)
+        visual = list(self.cross_prompts_visual)
+        if self.mapper_mode == "released":
+            with torch.no_grad():
+                if k > 0:
+                    for param, mapped in zip(visual[:k], self.map_text_to_visual()):
+                        param.copy_(mapped)
+                if k < depth:
+                    for param, mapped in zip(text[k:], self.map_visual_to_text()):
+                        param.copy_(mapped)
+            return text, visual
+        if k > 0:
+            visual[:k] = list(self.map_text_to_visual().unbind(0))
+        if k < depth:
+            text[k:] = list(self.map_visual_to_text().unbind(0))
+        return text, visual
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. Model: prompted CLIP + frozen teacher, fused logits and loss
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Keys of a released-code checkpoint (SPEC §7.2) that hold nothing we learn: frozen towers, the teacher, the
+# class-dependent token buffers (rebuilt for the current classes) and the frozen logit scale.
+RELEASED_IGNORED_PREFIXES = (
+    "image_encoder.",
+    "text_encoder.",
+    "prompt_learner.ZS_image_encoder.",
+    "prompt_learner.token_prefix",
+    "prompt_learner.token_suffix",
+)
+RELEASED_IGNORED_KEYS = ("logit_scale",)
+
+
+def convert_released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Map a released-code CustomCLIP state dict (SPEC §7.2) onto ours; our own state dicts pass unchanged.
+
+    Frozen-tower, teacher, token_prefix/suffix and logit_scale keys are dropped; ``prompt_learner.ctx`` is the same
+    tensor as ``prompt_learner.cross_prompts_text.0`` (used when the latter is absent, checked equal otherwise).
+    """
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key in RELEASED_IGNORED_KEYS or key.startswith(RELEASED_IGNORED_PREFIXES):
+            continue
+        out[key] = value
+    ctx = out.pop("prompt_learner.ctx", None)
+    if ctx is not None:
+        first = out.setdefault("prompt_learner.cross_prompts_text.0", ctx)
+        if first.shape != ctx.shape or not torch.equal(first, ctx.to(first.dtype)):
+            raise ValueError("checkpoint: prompt_learner.ctx differs from prompt_learner.cross_prompts_text.0")
+    return out
+
+
+def fuse(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+    """norm(norm(prompted) + frozen): the fused feature of SPEC §4.1 (frozen rows are unit vectors). (N, d)."""
+    return F.normalize(F.normalize(prompted, dim=-1) + frozen, dim=-1)
+
+
+def hicropl_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    image_features: torch.Tensor,
+    teacher_features: torch.Tensor,
+    text_features: torch.Tensor,
+    frozen_text: torch.Tensor,
+    lambd: float,
+) -> torch.Tensor:
+    """SPEC §4.3: CE + lambda * [(1 - mean_c cos(f_txt_c, W_c)) + (1 - mean_b cos(f_img_b, V_b))], in float32.
+
+    logits (B, n_cls), labels (B,), image_features f_img (B, d), teacher_features V (B, d), text_features f_txt
+    (n_cls, d), frozen_text W (n_cls, d). The text term averages over all classes, the image term over the batch.
+    """
+    ce = F.cross_entropy(logits.float(), labels)
+    text_term = 1 - F.cosine_similarity(text_features.float(), frozen_text.float(), dim=-1, eps=1e-7).mean()
+    image_term = 1 - F.cosine_similarity(image_features.float(), teacher_features.float(), dim=-1, eps=1e-7).mean()
+    return ce + lambd * (text_term + image_term)
+
+
+class CustomCLIP(nn.Module):
+    """Prompted CLIP with a frozen teacher and a frozen description classifier W.
+
+    logits = exp(logit_scale) * f_img @ f_txt^T with f_img = norm(norm(V_p) + V), f_txt = norm(norm(W_p) + W)
+    (SPEC §4.1): V_p / W_p the prompted image / class features, V the frozen teacher's image features, W the frozen
+    description features. The same fused logits are used for training and evaluation.
+
+    ``state_dict()`` holds only the prompt learner (what is learned or defines the mappings); the frozen CLIP,
+    the teacher and W are rebuilt from the config. In eval mode the prompt learner and the text tower run once and
+    are cached until the module returns to train mode or a state dict is loaded.
+    """
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        classnames: Sequence[str],
+        clip_model: CLIP,
+        frozen_text: torch.Tensor,
+        teacher: Optional[CLIP] = None,
+    ) -> None:
+        super().__init__()
+        hc = cfg.TRAINER.HICROPL
+        self.prompt_learner = HiCroPLPromptLearner(hc, classnames, clip_model)  # validates hc first
+        self.precision = PRECISION_TABLE[hc.PREC]
+        self.lambd = hc.LAMBD
+        self.clip_model = clip_model
+        # None: the teacher is the backbone's own visual tower with prompts off (no second copy).
+        self.teacher = teacher
+        for frozen in (self.clip_model, self.teacher):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                if self.precision.weights != torch.float32:
+                    convert_weights(frozen, self.precision.weights)
+        if self.precision.weights != torch.float32:
+            self.prompt_learner.to(self.precision.weights)
+        # (n_cls, d) float32 unit rows; rebuilt from the descriptions, so not part of the state dict.
+        self.register_buffer("frozen_text", frozen_text.float(), persistent=False)
+        self._eval_cache: Optional[Tuple[List[torch.Tensor], torch.Tensor]] = None
+
+    # --- frozen parts ------------------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "CustomCLIP":
+        """Frozen towers always stay in eval mode (no BatchNorm statistics updates); mode changes drop the cache."""
+        super().train(mode)
+        self.clip_model.train(False)
+        if self.teacher is not None:
+            self.teacher.train(False)
+        self._eval_cache = None
+        return self
+
+    @torch.no_grad()
+    def teacher_features(self, image: torch.Tensor) -> torch.Tensor:
+        """V = norm(teacher(image)) (B, d): frozen CLIP image features, no prompts."""
+        teacher = self.teacher if self.teacher is not None else self.clip_model
+        return F.normalize(teacher.encode_image(image), dim=-1)
+
+    # --- prompted parts ----------------------------------------------------------------------------------------------
+
+    def prompts_and_text_features(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """(visual prompts [J x (m, D_v)], f_txt (n_cls, d)); computed once per evaluation in eval mode."""
+        if not self.training and self._eval_cache is not None:
+            return self._eval_cache
+        text_prompts, visual_prompts = self.prompt_learner()
+        class_features = self.clip_model.encode_text(self.prompt_learner.tokenized_prompts, text_prompts)  # W_p
+        text_features = fuse(class_features, self.frozen_text)
+        if not self.training:
+            self._eval_cache = ([p.detach() for p in visual_prompts], text_features.detach())
+        return visual_prompts, text_features
+
+    def forward_features(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """image (B, 3, R, R) -> logits (B, n_cls), f_img (B, d), V (B, d), f_txt (n_cls, d)."""
+        with self.precision.autocast_context(image.device.type):
+            visual_prompts, text_features = self.prompts_and_text_features()
+            teacher = self.teacher_features(image)
+            image_features = fuse(self.clip_model.encode_image(image, visual_prompts), teacher)
+            logits = self.clip_model.logit_scale.exp() * image_features @ text_features.t()
+        return logits.float(), image_features, teacher, text_features
+
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Training (label given): the scalar loss of SPEC §4.3. Otherwise: logits (B, n_cls) float32."""
+        logits, image_features, teacher, text_features = self.forward_features(image)
+        if label is None:
+            return logits
+        return hicropl_loss(logits, label, image_features, teacher, text_features, self.frozen_text, self.lambd)
+
+    # --- checkpoints -------------------------------------------------------------------------------------------------
+
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Only ``prompt_learner.*`` (prompts, proxies, LKP, mappers): the frozen CLIP is rebuilt from the config."""
+        return self.prompt_learner.state_dict(
+            destination=destination, prefix=prefix + "prompt_learner.", keep_vars=keep_vars
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load our checkpoints or the released code's (SPEC §7.2; frozen-tower keys ignored, ``ctx`` mapped).
+
+        strict: every learned key must be present with the right shape and no unknown key may remain, otherwise one
+        error names the offending keys (the released code silently skipped mismatches). Drops the eval cache.
+        """
+        state_dict = convert_released_state_dict(state_dict)
+        expected = self.state_dict(keep_vars=True)
+        missing = [key for key in expected if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in expected]
+        mismatched = [
+            f"{key} {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}"
+            for key in expected
+            if key in state_dict and state_dict[key].shape != expected[key].shape
+        ]
+        if mismatched or (strict and (missing or unexpected)):
+            problems = []
+            if missing:
+                problems.append(f"missing keys: {', '.join(missing)}")
+            if unexpected:
+                problems.append(f"unexpected keys: {', '.join(unexpected)}")
+            if mismatched:
+                problems.append(f"shape mismatch (checkpoint vs model): {', '.join(mismatched)}")
+            raise RuntimeError(
+                "checkpoint does not match this HiCroPL model (check N_CTX, PROMPT_DEPTH, CROSS_LAYER and the "
+                "backbone): " + "; ".join(problems)
+            )
+        prefix = "prompt_learner."
+        result = self.prompt_learner.load_state_dict(
+            {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)},
+            strict=strict,
+            assign=assign,
+        )
+        self._eval_cache = None
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. Trainer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_same_backbone(teacher_name: str, backbone_name: str) -> bool:
+    return teacher_name in ("", backbone_name)
+
+
+@TRAINER_REGISTRY.register()
+class HiCroPL(TrainerX):
+    """HiCroPL trainer: Adam over the trainable prompt-learner parameters, one registered model
+    ``VLPromptLearner`` (the CustomCLIP; its checkpoints hold only the prompt learner)."""
+
+    model_name = "VLPromptLearner"
+
+    def check_cfg(self, cfg: CfgNode) -> None:
+        device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
+        check_hicropl_cfg(cfg.TRAINER.HICROPL, device=device)
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        hc = cfg.TRAINER.HICROPL
+        classnames = self.dm.dataset.classnames
+        backbone = cfg.MODEL.BACKBONE.NAME
+
+        print(f"Loading CLIP (backbone: {backbone})")
+        clip_model, _ = clip.load(backbone, device=self.device)
+        check_hicropl_cfg(hc, device=self.device, clip_model=clip_model)
+
+        path = Path(hc.DESCRIPTIONS) if hc.DESCRIPTIONS else description_file(cfg.DATASET.NAME)
+        print(f"Frozen text features W from the descriptions in {path}")
+        sentences = load_descriptions(path, classnames, fallback=hc.DESCRIPTIONS_FALLBACK)
+        frozen_text = frozen_text_features(clip_model, sentences)  # before any fp16 conversion: fp32 features
+
+        teacher = None
+        if not is_same_backbone(hc.TEACHER_NAME, backbone):
+            print(f"Loading the frozen teacher image encoder ({hc.TEACHER_NAME})")
+            teacher, _ = clip.load(hc.TEACHER_NAME, device=self.device)
+            if teacher.embed_dim != clip_model.embed_dim:
+                raise ValueError(
+                    f"TRAINER.HICROPL.TEACHER_NAME {hc.TEACHER_NAME} embeds into {teacher.embed_dim} dims but the "
+                    f"backbone {backbone} into {clip_model.embed_dim}; use a teacher with the same embedding width"
+                )
+
+        print("Building custom CLIP")
+        self.model = CustomCLIP(cfg, classnames, clip_model, frozen_text, teacher).to(self.device)
+
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        print(f"MAPPER_MODE {hc.MAPPER_MODE}: {len(trainable)} trainable tensors, "
+              f"{sum(p.numel() for _, p in trainable):,} trainable parameters")
+        self.optim = build_optimizer([p for _, p in trainable], cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(self.model_name, self.model, self.optim, self.sched)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.model.precision.grad_scaler else None
+
+    def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        image, label = self.parse_batch_train(batch)
+        loss = self.model(image, label)
+        if self.scaler is None:
+            self.model_backward_and_update(loss)
+        else:
+            self.detect_anomaly(loss)
+            self.optim.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item()}
+
+    def parse_batch_train(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load ``<directory>/VLPromptLearner/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``).
+
+        Accepts our checkpoints and the released code's (see ``CustomCLIP.load_state_dict``); loading is strict.
+        """
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        filename = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            path = osp.join(directory, name, filename)
+            if not osp.exists(path):
+                raise FileNotFoundError(f'Model not found at "{path}"')
+            checkpoint = load_checkpoint(path)
+            state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+            print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
+            self._models[name].load_state_dict(state_dict)
