@@ -143,7 +143,6 @@ class ToyShapes(SplitDataset):
     dataset_dir = "toy_shapes"
     image_dir = "images"
     split_file = "split_toy_shapes.json"
-    anchor = "toyshapes"
 
     def prepare(self, root: str) -> None:
         if os.path.isdir(self.dataset_dir):
