@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
+from dassl.utils import UserError
+
 DESCRIPTIONS_DIR = Path(__file__).resolve().parent
 
 # DATASET.NAME -> description file stem. The four ImageNet variants use the ImageNet classes, so the ImageNet file.
@@ -38,7 +40,7 @@ FALLBACK_TEMPLATE = "a photo of a {}."
 def description_file(dataset_name: str) -> Path:
     """Path of the shipped description file for a registered dataset name (``cfg.DATASET.NAME``)."""
     if dataset_name not in DATASET_KEYS:
-        raise ValueError(
+        raise UserError(
             f"no description file is shipped for dataset {dataset_name!r} (known: {', '.join(sorted(DATASET_KEYS))}); "
             "point TRAINER.HICROPL.DESCRIPTIONS at your own {class name: [sentence, ...]} JSON file"
         )
@@ -62,7 +64,7 @@ def load_descriptions(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"description file {path} does not exist; write one ({{class name: [sentence, ...]}}) or set "
             "TRAINER.HICROPL.DESCRIPTIONS to an existing file"
         )
@@ -70,9 +72,9 @@ def load_descriptions(
         try:
             table = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"description file {path} is not valid JSON: {e}") from None
+            raise UserError(f"description file {path} is not valid JSON: {e}") from None
     if not isinstance(table, dict):
-        raise ValueError(f"description file {path} must hold a JSON object {{class name: [sentence, ...]}}")
+        raise UserError(f"description file {path} must hold a JSON object {{class name: [sentence, ...]}}")
 
     sentences: List[List[str]] = []
     missing: List[str] = []
@@ -84,11 +86,11 @@ def load_descriptions(
             sentences.append([FALLBACK_TEMPLATE.format(key)])
             continue
         if not isinstance(entry, list) or not all(isinstance(s, str) and s.strip() for s in entry):
-            raise ValueError(f"{path}: the value of class {key!r} must be a list of non-empty strings")
+            raise UserError(f"{path}: the value of class {key!r} must be a list of non-empty strings")
         sentences.append(list(entry))
 
     if missing and not fallback:
-        raise ValueError(
+        raise UserError(
             f"{path} has no descriptions for {len(missing)} of {len(classnames)} classes: "
             + ", ".join(repr(k) for k in missing)
             + " (add them to the file, or allow the fallback sentence "
@@ -128,4 +130,4 @@ def _check_context_length(path: Path, classnames: Sequence[str], sentences: List
     bad = too_long_for_context([s for _, s in flat])
     if bad:
         listed = "; ".join(f"{description_key(flat[i][0])!r}: {flat[i][1]!r}" for i in bad)
-        raise ValueError(f"{path}: {len(bad)} sentence(s) do not fit CLIP's 77-token context (shorten them): {listed}")
+        raise UserError(f"{path}: {len(bad)} sentence(s) do not fit CLIP's 77-token context (shorten them): {listed}")

@@ -64,7 +64,7 @@ def test_sentence_too_long_names_class_and_sentence(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_descriptions(tmp_path / "nope.json", ["cat"])
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")

@@ -100,7 +100,8 @@ def ref_mapper(mapper, queries, sources):  # SPEC §3.3
 def ref_prompts(pl):
     """SPEC §3.4 from the current parameters: (text prompts J x (m, D_t), visual prompts J x (m, D_v))."""
     k, depth, m = pl.cross_layer, pl.depth, pl.n_ctx
-    text, visual = [p.detach().clone() for p in pl.cross_prompts_text], [p.detach().clone() for p in pl.cross_prompts_visual]
+    text = [p.detach().clone() for p in pl.cross_prompts_text]
+    visual = [p.detach().clone() for p in pl.cross_prompts_visual]
     with torch.no_grad():
         text_knowledge = torch.cat([ref_lkp(pl.attn_pooling_text_nets[i], pl.text_proxy_token[i], text[i])
                                     for i in range(k)])
@@ -286,7 +287,7 @@ def test_checkpoint_holds_only_learned_tensors_and_loads_strictly(tiny, frozen_t
     del broken["prompt_learner.text2visual_net.ln_2.bias"]
     broken["prompt_learner.cross_prompts_visual.1"] = torch.zeros(7, 3)
     broken["prompt_learner.something_new"] = torch.zeros(1)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ValueError) as info:
         other.load_state_dict(broken)
     for key in ("text2visual_net.ln_2.bias", "cross_prompts_visual.1 (7, 3)", "something_new"):
         assert key in str(info.value)

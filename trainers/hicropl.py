@@ -36,7 +36,7 @@ import clip
 from clip.model import CLIP, convert_weights
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_checkpoint
+from dassl.utils import UserError, load_checkpoint
 from descriptions import description_file, load_descriptions, too_long_for_context
 from trainers.config import MAPPER_MODES, PRECISIONS
 
@@ -82,37 +82,37 @@ def check_hicropl_cfg(
     ``build_text_template`` where the prompts are tokenised.
     """
     if hc.PREC not in PRECISION_TABLE:
-        raise ValueError(f"TRAINER.HICROPL.PREC is {hc.PREC!r}; choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"TRAINER.HICROPL.PREC is {hc.PREC!r}; choose one of {', '.join(PRECISIONS)}")
     if hc.MAPPER_MODE not in MAPPER_MODES:
-        raise ValueError(f"TRAINER.HICROPL.MAPPER_MODE is {hc.MAPPER_MODE!r}; choose one of {', '.join(MAPPER_MODES)}")
+        raise UserError(f"TRAINER.HICROPL.MAPPER_MODE is {hc.MAPPER_MODE!r}; choose one of {', '.join(MAPPER_MODES)}")
     if hc.N_CTX < 1:
-        raise ValueError(f"TRAINER.HICROPL.N_CTX is {hc.N_CTX}; it must be >= 1")
+        raise UserError(f"TRAINER.HICROPL.N_CTX is {hc.N_CTX}; it must be >= 1")
     if hc.PROMPT_DEPTH < 1:
-        raise ValueError(f"TRAINER.HICROPL.PROMPT_DEPTH is {hc.PROMPT_DEPTH}; it must be >= 1")
+        raise UserError(f"TRAINER.HICROPL.PROMPT_DEPTH is {hc.PROMPT_DEPTH}; it must be >= 1")
     if not 0 <= hc.CROSS_LAYER <= hc.PROMPT_DEPTH:
-        raise ValueError(
+        raise UserError(
             f"TRAINER.HICROPL.CROSS_LAYER ({hc.CROSS_LAYER}) must lie in [0, PROMPT_DEPTH] = [0, {hc.PROMPT_DEPTH}]"
         )
     if hc.LAMBD < 0:
-        raise ValueError(f"TRAINER.HICROPL.LAMBD is {hc.LAMBD}; it must be >= 0")
+        raise UserError(f"TRAINER.HICROPL.LAMBD is {hc.LAMBD}; it must be >= 0")
     if hc.MAPPER_HEADS < 1:
-        raise ValueError(f"TRAINER.HICROPL.MAPPER_HEADS is {hc.MAPPER_HEADS}; it must be >= 1")
+        raise UserError(f"TRAINER.HICROPL.MAPPER_HEADS is {hc.MAPPER_HEADS}; it must be >= 1")
     if device is not None and device.type == "cpu" and not PRECISION_TABLE[hc.PREC].cpu_ok:
-        raise ValueError(
+        raise UserError(
             f"TRAINER.HICROPL.PREC {hc.PREC} needs a CUDA device; on CPU use PREC fp32 or bf16"
         )
     if clip_model is None:
         return
     if not hasattr(clip_model.visual, "transformer"):
-        raise ValueError("HiCroPL needs a ViT image tower (prompts are tokens); choose a ViT backbone, e.g. ViT-B/16")
+        raise UserError("HiCroPL needs a ViT image tower (prompts are tokens); choose a ViT backbone, e.g. ViT-B/16")
     layers = min(clip_model.visual.layers, clip_model.transformer.layers)
     if hc.PROMPT_DEPTH > layers:
-        raise ValueError(
+        raise UserError(
             f"TRAINER.HICROPL.PROMPT_DEPTH ({hc.PROMPT_DEPTH}) exceeds the backbone's depth ({layers} layers)"
         )
     for tower, width in (("text", clip_model.transformer.width), ("vision", clip_model.visual.width)):
         if width % hc.MAPPER_HEADS:
-            raise ValueError(
+            raise UserError(
                 f"TRAINER.HICROPL.MAPPER_HEADS ({hc.MAPPER_HEADS}) must divide the {tower} width ({width})"
             )
 
@@ -225,10 +225,11 @@ class HierarchicalKnowledgeMapper(nn.Module):
 
     def __init__(self, query_width: int, source_width: int, heads: int) -> None:
         super().__init__()
+        # Registration order = the released state-dict order (SPEC §7.2).
+        self.attn = nn.MultiheadAttention(query_width, heads)
         self.linear_q = nn.Linear(query_width, query_width)
         self.linear_k = nn.Linear(source_width, query_width)
         self.linear_v = nn.Linear(source_width, query_width)
-        self.attn = nn.MultiheadAttention(query_width, heads)
         self.ln_1 = nn.LayerNorm(query_width)
         self.ffn = nn.Sequential(
             OrderedDict(
@@ -264,7 +265,7 @@ def build_text_template(hc: CfgNode, classnames: Sequence[str]) -> Tuple[str, Li
     if use_init:
         n_init = int(clip.tokenize([ctx_init]).argmax(dim=-1)) - 1  # tokens between SOT and EOT
         if n_init < m:
-            raise ValueError(
+            raise UserError(
                 f"TRAINER.HICROPL.CTX_INIT {ctx_init!r} has {n_init} tokens, fewer than N_CTX={m}; "
                 "give a longer CTX_INIT or set it to \"\""
             )
@@ -275,7 +276,7 @@ def build_text_template(hc: CfgNode, classnames: Sequence[str]) -> Tuple[str, Li
     bad = too_long_for_context(texts)
     if bad:
         names = ", ".join(repr(classnames[i]) for i in bad)
-        raise ValueError(
+        raise UserError(
             f"TRAINER.HICROPL.N_CTX={m}: the prompt does not fit CLIP's 77-token context for class(es) {names}; "
             "lower N_CTX (or shorten the class names)"
         )
@@ -288,9 +289,9 @@ class HiCroPLPromptLearner(nn.Module):
     State-dict keys (the learned / mapping-defining tensors; names as in the released code, SPEC §7.2):
       cross_prompts_text.{0..J-1} (m, D_t)      P_t; entry 0 is the first-layer text context ("ctx")
       cross_prompts_visual.{0..J-1} (m, D_v)    P_v
-      text_proxy_token.{0..k-1} (1, D_t), visual_proxy_token.{0..J-k-1} (1, D_v)
-      attn_pooling_text_nets.{0..k-1}.*, attn_pooling_visual_nets.{0..J-k-1}.*   LKP modules (width D_t / D_v)
       text2visual_net.* (queries D_v, sources D_t), visual2text_net.* (queries D_t, sources D_v)
+      attn_pooling_text_nets.{0..k-1}.*, attn_pooling_visual_nets.{0..J-k-1}.*   LKP modules (width D_t / D_v)
+      text_proxy_token.{0..k-1} (1, D_t), visual_proxy_token.{0..J-k-1} (1, D_v)
     A mapper whose segment is empty (k = 0 or k = J) is not built.
 
     Initialisation as released (SPEC §3.1, §5.B): P_t entries independent N(0, 0.02^2) (P_t[0] from CTX_INIT when it
@@ -325,21 +326,21 @@ class HiCroPLPromptLearner(nn.Module):
         visual_init = torch.empty(m, vision_width, **factory).normal_(std=0.02)
         self.cross_prompts_visual = nn.ParameterList([nn.Parameter(visual_init.clone()) for _ in range(depth)])
         text_proxy = torch.randn(1, text_width, **factory)
-        self.text_proxy_token = nn.ParameterList([nn.Parameter(text_proxy.clone()) for _ in range(cross)])
         visual_proxy = torch.randn(1, vision_width, **factory)
-        self.visual_proxy_token = nn.ParameterList([nn.Parameter(visual_proxy.clone()) for _ in range(depth - cross)])
-
         heads = hc.MAPPER_HEADS
         text_lkp = LayerKnowledgeProxy(text_width, heads).to(**factory)
         visual_lkp = LayerKnowledgeProxy(vision_width, heads).to(**factory)
-        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_lkp) for _ in range(cross)])
-        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_lkp) for _ in range(depth - cross)])
+        # Registration order below = the released state-dict order (SPEC §7.2): mappers, LKP modules, proxies.
         self.text2visual_net = (
             HierarchicalKnowledgeMapper(vision_width, text_width, heads).to(**factory) if cross > 0 else None
         )
         self.visual2text_net = (
             HierarchicalKnowledgeMapper(text_width, vision_width, heads).to(**factory) if cross < depth else None
         )
+        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_lkp) for _ in range(cross)])
+        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_lkp) for _ in range(depth - cross)])
+        self.text_proxy_token = nn.ParameterList([nn.Parameter(text_proxy.clone()) for _ in range(cross)])
+        self.visual_proxy_token = nn.ParameterList([nn.Parameter(visual_proxy.clone()) for _ in range(depth - cross)])
 
         if self.mapper_mode == "released":
             # The released code writes the mapper outputs into `.data`, so no gradient ever reaches these (SPEC §5.A).
@@ -437,7 +438,7 @@ def convert_released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "Orde
     if ctx is not None:
         first = out.setdefault("prompt_learner.cross_prompts_text.0", ctx)
         if first.shape != ctx.shape or not torch.equal(first, ctx.to(first.dtype)):
-            raise ValueError("checkpoint: prompt_learner.ctx differs from prompt_learner.cross_prompts_text.0")
+            raise UserError("checkpoint: prompt_learner.ctx differs from prompt_learner.cross_prompts_text.0")
     return out
 
 
@@ -582,7 +583,7 @@ class CustomCLIP(nn.Module):
                 problems.append(f"unexpected keys: {', '.join(unexpected)}")
             if mismatched:
                 problems.append(f"shape mismatch (checkpoint vs model): {', '.join(mismatched)}")
-            raise RuntimeError(
+            raise UserError(
                 "checkpoint does not match this HiCroPL model (check N_CTX, PROMPT_DEPTH, CROSS_LAYER and the "
                 "backbone): " + "; ".join(problems)
             )
@@ -636,7 +637,7 @@ class HiCroPL(TrainerX):
             print(f"Loading the frozen teacher image encoder ({hc.TEACHER_NAME})")
             teacher, _ = clip.load(hc.TEACHER_NAME, device=self.device)
             if teacher.embed_dim != clip_model.embed_dim:
-                raise ValueError(
+                raise UserError(
                     f"TRAINER.HICROPL.TEACHER_NAME {hc.TEACHER_NAME} embeds into {teacher.embed_dim} dims but the "
                     f"backbone {backbone} into {clip_model.embed_dim}; use a teacher with the same embedding width"
                 )
@@ -682,7 +683,7 @@ class HiCroPL(TrainerX):
         for name in self.get_model_names():
             path = osp.join(directory, name, filename)
             if not osp.exists(path):
-                raise FileNotFoundError(f'Model not found at "{path}"')
+                raise UserError(f'model not found at "{path}"; check --model-dir and --load-epoch')
             checkpoint = load_checkpoint(path)
             state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
