@@ -1,0 +1,30 @@
+"""Utilities (Dassl ``dassl.utils`` names): files, logging, registries, checkpoints, meters, errors."""
+from .comm import get_rank, is_main_process
+from .errors import UserError
+from .logger import Logger, setup_logger
+from .meters import AverageMeter, MetricMeter
+from .registry import Registry, RegistryLookupError, check_availability, get_most_similar_str_to_a_from_b
+from .tools import (
+    atomic_write_text,
+    check_isfile,
+    collect_env_info,
+    listdir_nohidden,
+    mkdir_if_missing,
+    read_image,
+    read_json,
+    set_random_seed,
+    tolist_if_not,
+    write_json,
+)
+from .torchtools import (
+    atomic_torch_save,
+    count_num_param,
+    get_rng_state,
+    load_checkpoint,
+    load_pretrained_weights,
+    read_checkpoint_meta,
+    restore_from_checkpoint,
+    resume_from_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)

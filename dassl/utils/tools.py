@@ -1,0 +1,124 @@
+"""Small file-system, randomness and environment helpers (Dassl ``dassl.utils.tools`` names)."""
+import errno
+import json
+import os
+import os.path as osp
+import random
+import uuid
+import warnings
+from typing import Any, List
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image
+
+from .registry import check_availability, get_most_similar_str_to_a_from_b
+
+__all__ = [
+    "mkdir_if_missing",
+    "check_isfile",
+    "read_json",
+    "write_json",
+    "atomic_write_text",
+    "temp_path_beside",
+    "listdir_nohidden",
+    "read_image",
+    "set_random_seed",
+    "collect_env_info",
+    "tolist_if_not",
+    "check_availability",
+    "get_most_similar_str_to_a_from_b",
+]
+
+
+def mkdir_if_missing(dirname: str) -> None:
+    """Create ``dirname`` (and parents) if it does not exist; safe when several processes race."""
+    if not osp.exists(dirname):
+        try:
+            os.makedirs(dirname)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+
+
+def check_isfile(fpath: str) -> bool:
+    """True if ``fpath`` is an existing file; warns otherwise."""
+    isfile = osp.isfile(fpath)
+    if not isfile:
+        warnings.warn(f'No file found at "{fpath}"')
+    return isfile
+
+
+def read_json(fpath: str) -> Any:
+    """Load a json file."""
+    with open(fpath, "r") as f:
+        return json.load(f)
+
+
+def temp_path_beside(fpath: str) -> str:
+    """A unique hidden temp-file name in the folder of ``fpath`` (same file system, so ``os.replace`` is atomic).
+
+    ``uuid4`` draws from ``os.urandom``, so this never disturbs the seeded ``random``/torch streams.
+    """
+    dirname, basename = osp.split(osp.abspath(fpath))
+    return osp.join(dirname, f".{basename}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write_text(text: str, fpath: str) -> None:
+    """Write ``text`` to ``fpath`` through a temp file in the same folder and ``os.replace``.
+
+    Readers never see a half-written file, even if the process dies mid-write.
+    """
+    mkdir_if_missing(osp.dirname(osp.abspath(fpath)))
+    tmp = temp_path_beside(fpath)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, fpath)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(obj: Any, fpath: str) -> None:
+    """Dump ``obj`` as json (indent 4, separators ``", "``/``": "``) atomically; parent dirs are created."""
+    atomic_write_text(json.dumps(obj, indent=4, separators=(",", ": ")), fpath)
+
+
+def listdir_nohidden(path: str, sort: bool = False) -> List[str]:
+    """``os.listdir`` without names starting with ``.``; sorted if ``sort``."""
+    items = [f for f in os.listdir(path) if not f.startswith(".")]
+    if sort:
+        items.sort()
+    return items
+
+
+def read_image(path: str) -> Image.Image:
+    """Read an image file as an RGB PIL image."""
+    if not osp.exists(path):
+        raise IOError(f'No file exists at "{path}"')
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device). No cuDNN determinism flags."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def collect_env_info() -> str:
+    """torch's environment report plus the Pillow version."""
+    from torch.utils.collect_env import get_pretty_env_info
+
+    return get_pretty_env_info() + f"\n        Pillow ({PIL.__version__})"
+
+
+def tolist_if_not(x: Any) -> list:
+    """Wrap ``x`` in a list unless it already is one."""
+    if not isinstance(x, list):
+        x = [x]
+    return x
