@@ -1,0 +1,146 @@
+"""The ``Classification`` evaluator: accuracy, error, macro-F1, optional per-class accuracy and confusion matrix."""
+import os.path as osp
+from collections import OrderedDict, defaultdict
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from yacs.config import CfgNode as CN
+
+from dassl.utils import atomic_torch_save
+
+from .build import EVALUATOR_REGISTRY
+
+__all__ = ["EvaluatorBase", "Classification", "macro_f1_score", "confusion_matrix"]
+
+
+class EvaluatorBase:
+    """Accumulates model outputs over an evaluation (``reset`` -> ``process`` per batch -> ``evaluate``)."""
+
+    def __init__(self, cfg: CN) -> None:
+        self.cfg = cfg
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+
+def macro_f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean over the labels present in ``y_true`` of F1 = 2TP / (2TP + FP + FN) (in [0, 1]).
+
+    Equals ``sklearn.metrics.f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true))``
+    (a class never predicted has F1 0).
+    """
+    scores = []
+    for label in np.unique(y_true):
+        tp = np.sum((y_pred == label) & (y_true == label))
+        fp = np.sum((y_pred == label) & (y_true != label))
+        fn = np.sum((y_pred != label) & (y_true == label))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Row-normalised confusion matrix ``(n, n)`` over the sorted labels seen in either array.
+
+    Entry ``[i, j]`` = fraction of samples of true label ``i`` predicted as ``j`` (sklearn's
+    ``confusion_matrix(..., normalize="true")``; rows of absent true labels are 0).
+    """
+    labels = np.unique(np.concatenate([y_true, y_pred]))
+    index = {label: i for i, label in enumerate(labels)}
+    cmat = np.zeros((len(labels), len(labels)), dtype=np.float64)
+    for t, p in zip(y_true, y_pred):
+        cmat[index[t], index[p]] += 1
+    row_sums = cmat.sum(axis=1, keepdims=True)
+    return np.divide(cmat, row_sums, out=np.zeros_like(cmat), where=row_sums > 0)
+
+
+@EVALUATOR_REGISTRY.register()
+class Classification(EvaluatorBase):
+    """Top-1 classification metrics over one evaluation.
+
+    ``evaluate()`` prints the ``=> result`` block (accuracy/error/macro_f1 with 2 decimals, as the
+    HiCroPL copy of Dassl does) and returns ``{"accuracy", "error_rate", "macro_f1"[, "perclass_accuracy"]}``
+    in percent. ``_correct`` and ``_total`` hold the counts.
+    """
+
+    def __init__(self, cfg: CN, lab2cname: Optional[Dict[int, str]] = None, **kwargs) -> None:
+        super().__init__(cfg)
+        self._lab2cname = lab2cname
+        self._correct = 0
+        self._total = 0
+        self._per_class_res: Optional[Dict[int, List[int]]] = None
+        self._y_true: List[int] = []
+        self._y_pred: List[int] = []
+        if cfg.TEST.PER_CLASS_RESULT:
+            assert lab2cname is not None, "TEST.PER_CLASS_RESULT needs the class names (lab2cname)"
+            self._per_class_res = defaultdict(list)
+
+    def reset(self) -> None:
+        self._correct = 0
+        self._total = 0
+        self._y_true = []
+        self._y_pred = []
+        if self._per_class_res is not None:
+            self._per_class_res = defaultdict(list)
+
+    def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
+        """``mo``: logits ``(B, num_classes)``; ``gt``: labels ``(B,)``."""
+        pred = mo.max(1)[1]
+        matches = pred.eq(gt).int()
+        self._correct += int(matches.sum().item())
+        self._total += gt.shape[0]
+        self._y_true.extend(gt.data.cpu().numpy().tolist())
+        self._y_pred.extend(pred.data.cpu().numpy().tolist())
+        if self._per_class_res is not None:
+            for i, label in enumerate(gt):
+                self._per_class_res[int(label.item())].append(int(matches[i].item()))
+
+    def evaluate(self) -> Dict[str, float]:
+        results = OrderedDict()
+        acc = 100.0 * self._correct / self._total
+        err = 100.0 - acc
+        y_true, y_pred = np.asarray(self._y_true), np.asarray(self._y_pred)
+        macro_f1 = 100.0 * macro_f1_score(y_true, y_pred)
+
+        results["accuracy"] = acc
+        results["error_rate"] = err
+        results["macro_f1"] = macro_f1
+
+        print(
+            "=> result\n"
+            f"* total: {self._total:,}\n"
+            f"* correct: {self._correct:,}\n"
+            f"* accuracy: {acc:.2f}%\n"
+            f"* error: {err:.2f}%\n"
+            f"* macro_f1: {macro_f1:.2f}%"
+        )
+
+        if self._per_class_res is not None:
+            print("=> per-class result")
+            accs = []
+            for label in sorted(self._per_class_res.keys()):
+                res = self._per_class_res[label]
+                correct, total = sum(res), len(res)
+                class_acc = 100.0 * correct / total
+                accs.append(class_acc)
+                print(
+                    f"* class: {label} ({self._lab2cname[label]})\t"
+                    f"total: {total:,}\tcorrect: {correct:,}\tacc: {class_acc:.2f}%"
+                )
+            mean_acc = float(np.mean(accs))
+            print(f"* average: {mean_acc:.2f}%")
+            results["perclass_accuracy"] = mean_acc
+
+        if self.cfg.TEST.COMPUTE_CMAT:
+            cmat = torch.from_numpy(confusion_matrix(y_true, y_pred))
+            save_path = osp.join(self.cfg.OUTPUT_DIR, "cmat.pt")
+            atomic_torch_save(cmat, save_path)
+            print(f"Confusion matrix is saved to {save_path}")
+
+        return results

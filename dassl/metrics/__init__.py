@@ -1,0 +1,2 @@
+"""Metrics (``compute_accuracy``)."""
+from .accuracy import compute_accuracy
