@@ -1,0 +1,506 @@
+"""Trainer classes: ``TrainerBase`` (model bookkeeping) -> ``SimpleTrainer`` (life cycle) -> ``TrainerX``.
+
+Life cycle of ``trainer.train()``::
+
+    before_train()                 resume from <RESUME or OUTPUT_DIR>/<model name>/checkpoint if present,
+                                   open tensorboard/
+    for epoch in [start, max):
+        before_epoch()
+        run_epoch()                TrainerX: one pass over train_loader_x -> forward_backward(batch)
+        after_epoch()              best_val: test("val"), keep model-best.pth.tar (ties -> later epoch);
+                                   save model.pth.tar-<E> every CHECKPOINT_FREQ epochs and after the last
+    after_train()                  load model-best (best_val), test(), print elapsed time
+
+A project trainer subclasses ``TrainerX``, registers itself with ``@TRAINER_REGISTRY.register()`` and
+overrides ``build_model`` (building ``self.model``/optimizer/scheduler and calling ``register_model``),
+``forward_backward`` (which calls ``self.update_lr()`` after the last batch of an epoch), and usually
+``parse_batch_train``, ``check_cfg`` and ``load_model``.
+
+Every evaluation appends a record to ``<OUTPUT_DIR>/results.json`` (see ``dassl.engine.results``).
+Checkpoints also carry the random-number states and the best val result, so a resumed run continues
+exactly as the uninterrupted one would have.
+"""
+import datetime
+import functools
+import os.path as osp
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from yacs.config import CfgNode as CN
+
+from dassl.config import cfg_to_dict
+from dassl.data import DataManager
+from dassl.evaluation import build_evaluator
+from dassl.utils import (
+    AverageMeter,
+    MetricMeter,
+    get_rng_state,
+    is_main_process,
+    load_checkpoint,
+    mkdir_if_missing,
+    read_checkpoint_meta,
+    restore_from_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    tolist_if_not,
+)
+
+from .results import append_result
+
+__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX"]
+
+Names = Optional[Union[str, List[str]]]
+
+
+def _track_loaded_model(load_model: Callable) -> Callable:
+    """Wrap a subclass's ``load_model`` so the trainer knows which checkpoint it evaluates (for results.json)."""
+
+    @functools.wraps(load_model)
+    def wrapper(self: "TrainerBase", directory: str, epoch: Optional[int] = None, *args: Any, **kwargs: Any) -> Any:
+        result = load_model(self, directory, epoch, *args, **kwargs)
+        self._note_loaded_model(directory, epoch)
+        return result
+
+    return wrapper
+
+
+class TrainerBase:
+    """Registered models with their optimizers and schedulers, checkpointing and tensorboard."""
+
+    def __init__(self) -> None:
+        self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
+        self._optims: "OrderedDict[str, Optional[torch.optim.Optimizer]]" = OrderedDict()
+        self._scheds: "OrderedDict[str, Optional[Any]]" = OrderedDict()
+        self._writer = None
+        # Epochs trained by the weights now in the model and the checkpoint they came from (None: not
+        # loaded from a file); written into every results.json record.
+        self._model_epoch: Optional[int] = None
+        self._model_checkpoint: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Project trainers override load_model (dropping class-dependent buffers etc.); track what
+        # they load without asking them to change.
+        if "load_model" in cls.__dict__:
+            cls.load_model = _track_loaded_model(cls.__dict__["load_model"])
+
+    def register_model(
+        self,
+        name: str = "model",
+        model: Optional[nn.Module] = None,
+        optim: Optional[torch.optim.Optimizer] = None,
+        sched: Optional[Any] = None,
+    ) -> None:
+        """Register ``model`` (and its optimizer/scheduler) under ``name``; the checkpoint folder is ``<OUTPUT_DIR>/<name>``."""
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        if self.__dict__.get("_optims") is None:
+            raise AttributeError("Cannot assign optim before super().__init__() call")
+        if self.__dict__.get("_scheds") is None:
+            raise AttributeError("Cannot assign sched before super().__init__() call")
+        assert name not in self._models, "Found duplicate model names"
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names: Names = None) -> List[str]:
+        """All registered names, or ``names`` (str or list) after checking that each is registered."""
+        names_real = list(self._models.keys())
+        if names is not None:
+            names = tolist_if_not(names)
+            for name in names:
+                assert name in names_real, f"model {name!r} is not registered (registered: {names_real})"
+            return names
+        return names_real
+
+    def save_model(
+        self, epoch: int, directory: str, is_best: bool = False, val_result: Optional[float] = None, model_name: str = ""
+    ) -> None:
+        """Save every registered model to ``<directory>/<name>/<model_name or model.pth.tar-<epoch+1>>``.
+
+        Besides Dassl's entries (state_dict, epoch, optimizer, scheduler, val_result) the file holds
+        ``rng_state`` and ``best_result`` so that a resume continues exactly. Only rank 0 writes.
+        """
+        if not is_main_process():
+            return
+        run_state = {"rng_state": get_rng_state(), "best_result": getattr(self, "best_result", None)}
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            save_checkpoint(
+                {
+                    "state_dict": self._models[name].state_dict(),
+                    "epoch": epoch + 1,
+                    "optimizer": optim.state_dict() if optim is not None else None,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "val_result": val_result,
+                    **run_state,
+                },
+                osp.join(directory, name),
+                is_best=is_best,
+                model_name=model_name,
+            )
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Resume every registered model from ``<directory>/<name>/checkpoint``; returns the epoch to start at.
+
+        Restores weights, optimizer, scheduler, the best val result and the random-number states.
+        No checkpoint for some model -> ``No checkpoint found, train from scratch`` and 0.
+        """
+        names = self.get_model_names()
+        if not names or any(not osp.exists(osp.join(directory, name, "checkpoint")) for name in names):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint at {directory} (will resume training)")
+        for name in names:
+            checkpoint = restore_from_checkpoint(
+                osp.join(directory, name), self._models[name], self._optims[name], self._scheds[name]
+            )
+        if checkpoint.get("best_result") is not None:
+            self.best_result = checkpoint["best_result"]
+        if checkpoint.get("rng_state") is not None:
+            set_rng_state(checkpoint["rng_state"])
+        self._model_epoch, self._model_checkpoint = checkpoint["epoch"], None
+        return checkpoint["epoch"]
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load ``<directory>/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each registered model."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            model_path = osp.join(directory, name, model_file)
+            if not osp.exists(model_path):
+                raise FileNotFoundError(f'Model not found at "{model_path}"')
+            checkpoint = load_checkpoint(model_path)
+            val_result = checkpoint.get("val_result")
+            shown = f"{val_result:.1f}" if val_result is not None else "None"
+            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
+            self._models[name].load_state_dict(checkpoint["state_dict"])
+        self._note_loaded_model(directory, epoch)
+
+    def _note_loaded_model(self, directory: str, epoch: Optional[int]) -> None:
+        """Remember which checkpoint ``load_model(directory, epoch)`` loaded and how many epochs it had trained."""
+        names = self.get_model_names()
+        if not directory or not names:
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        path = osp.abspath(osp.join(directory, names[0], model_file))
+        if osp.exists(path):
+            self._model_checkpoint = path
+            self._model_epoch = epoch if epoch is not None else read_checkpoint_meta(path).get("epoch")
+
+    def set_model_mode(self, mode: str = "train", names: Names = None) -> None:
+        """``"train"`` -> ``.train()``, ``"test"``/``"eval"`` -> ``.eval()`` on the registered models."""
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ["test", "eval"]:
+                self._models[name].eval()
+            else:
+                raise KeyError(f"mode must be 'train', 'test' or 'eval', got {mode!r}")
+
+    def update_lr(self, names: Names = None) -> None:
+        """Step every registered scheduler once (trainers call this after the last batch of an epoch)."""
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        """Raise ``FloatingPointError`` if ``loss`` is not finite, saying where it happened."""
+        if not torch.isfinite(loss).all():
+            where = f" (epoch {getattr(self, 'epoch', 0) + 1}, batch {getattr(self, 'batch_idx', 0) + 1})"
+            raise FloatingPointError(f"Loss is infinite or NaN! loss={loss.detach().cpu().tolist()}{where}")
+
+    def init_writer(self, log_dir: str) -> None:
+        """Open a tensorboard ``SummaryWriter`` at ``log_dir`` (once; rank 0 only)."""
+        if self._writer is not None or not is_main_process():
+            return
+        from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and eval-only never needs it
+
+        print(f"Initialize tensorboard (log_dir={log_dir})")
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def write_scalar(self, tag: str, scalar_value: float, global_step: Optional[int] = None) -> None:
+        """Log a tensorboard scalar (no-op while no writer is open, e.g. in eval-only runs)."""
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        """Generic loop: ``before_train``, then per epoch ``before_epoch``/``run_epoch``/``after_epoch``, ``after_train``."""
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        # range() is evaluated after before_train so that a resumed start epoch takes effect.
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self._model_epoch, self._model_checkpoint = self.epoch + 1, None
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_epoch(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        pass
+
+    def run_epoch(self) -> None:
+        raise NotImplementedError
+
+    def test(self) -> Any:
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch: Dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch: Dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def model_zero_grad(self, names: Names = None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names: Names = None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names: Names = None) -> None:
+        """Zero the gradients, check the loss is finite, backpropagate and step the optimizers."""
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+
+class SimpleTrainer(TrainerBase):
+    """Data, evaluator, device, the train/val/test life cycle and the ``test()`` loop."""
+
+    def __init__(self, cfg: CN) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+
+        self.cfg = cfg
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -np.inf
+
+    def check_cfg(self, cfg: CN) -> None:
+        """Hook: check the config before anything is built (``self.cfg`` does not exist yet)."""
+
+    def build_data_loader(self) -> None:
+        """Build the ``DataManager`` (``self.dm``) and expose its loaders, ``num_classes`` and ``lab2cname``."""
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self) -> None:
+        """Build ``self.model``, its optimizer and scheduler and call ``register_model`` (trainers must override)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must override build_model() (Dassl's generic SimpleNet is not part of this engine)"
+        )
+
+    def train(self) -> None:
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
+        self.start_epoch = self.resume_model_if_exist(directory)
+
+        writer_dir = osp.join(self.output_dir, "tensorboard")
+        mkdir_if_missing(writer_dir)
+        self.init_writer(writer_dir)
+
+        self.time_start = time.time()
+
+    def after_train(self) -> None:
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+
+        elapsed = round(time.time() - self.time_start)
+        print(f"Elapsed: {datetime.timedelta(seconds=elapsed)}")
+        self.close_writer()
+
+    def after_epoch(self) -> None:
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            # >= (HiCroPL's copy of Dassl): on ties the later epoch becomes the best.
+            if curr_result >= self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
+
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def eval_loader(self, split: Optional[str] = None) -> Tuple[str, DataLoader]:
+        """``(split, loader)`` for ``test(split)``: the val loader for ``"val"`` if the dataset has one, else test."""
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            return "val", self.val_loader
+        return "test", self.test_loader
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> float:
+        """Evaluate on ``split`` (default ``TEST.SPLIT``), print the result block, log it; returns the accuracy."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split, data_loader = self.eval_loader(split)
+        print(f"Evaluate on the *{split}* set")
+
+        for batch in tqdm(data_loader, desc=f"Evaluate ({split})", leave=False):
+            input, label = self.parse_batch_test(batch)
+            output = self.model_inference(input)
+            self.evaluator.process(output, label)
+
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.record_result(split, results)
+        return list(results.values())[0]
+
+    def record_result(self, split: str, results: Dict[str, float]) -> None:
+        """Append this evaluation to ``<OUTPUT_DIR>/results.json`` (rank 0 only)."""
+        if not is_main_process():
+            return
+        cfg = self.cfg
+        record = {
+            "split": split,
+            "epoch": self._model_epoch,
+            "dataset": cfg.DATASET.NAME,
+            "subsample": cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
+            "shots": cfg.DATASET.NUM_SHOTS,
+            "seed": cfg.SEED,
+            "trainer": cfg.TRAINER.NAME,
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "accuracy": results.get("accuracy"),
+            "error": results.get("error_rate"),
+            "macro_f1": results.get("macro_f1"),
+            "n": getattr(self.evaluator, "_total", None),
+            "correct": getattr(self.evaluator, "_correct", None),
+            "checkpoint": self._model_checkpoint,
+            "config": cfg_to_dict(cfg),
+        }
+        append_result(osp.join(cfg.OUTPUT_DIR, "results.json"), record)
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        return self.model(input)
+
+    def parse_batch_test(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        input = batch["img"].to(self.device)
+        label = batch["label"].to(self.device)
+        return input, label
+
+    def get_current_lr(self, names: Names = None) -> float:
+        """lr of the first parameter group of the first (or first named) model's optimizer."""
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+
+class TrainerX(SimpleTrainer):
+    """A trainer with labelled data only: one epoch = one pass over ``train_loader_x``."""
+
+    def run_epoch(self) -> None:
+        """Call ``forward_backward`` per batch, print the Dassl progress line, log ``train/*`` scalars."""
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        show_bar = self.cfg.TRAIN.PROGRESS_BAR and is_main_process()
+        batches = tqdm(
+            self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False, disable=not show_bar
+        )
+
+        end = time.time()
+        for self.batch_idx, batch in enumerate(batches):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+
+            meet_freq = (self.batch_idx + 1) % print_freq == 0
+            only_few_batches = self.num_batches < print_freq
+            if meet_freq or only_few_batches:
+                nb_remain = self.num_batches - self.batch_idx - 1
+                nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+                info = [
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}]",
+                    f"batch [{self.batch_idx + 1}/{self.num_batches}]",
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f})",
+                    f"data {data_time.val:.3f} ({data_time.avg:.3f})",
+                    f"{losses}",
+                    f"lr {self.get_current_lr():.4e}",
+                    f"eta {eta}",
+                ]
+                # tqdm.write keeps the bar intact; it prints to sys.stdout (the log tee) either way.
+                tqdm.write(" ".join(info))
+
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+
+            end = time.time()
+
+    def parse_batch_train(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        input = batch["img"].to(self.device)
+        label = batch["label"].to(self.device)
+        domain = batch["domain"].to(self.device)
+        return input, label, domain
