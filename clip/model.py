@@ -198,7 +198,7 @@ def _check_prompts(prompts: Prompts, transformer: Transformer, batch: int, tower
 
 
 class VisionTransformer(nn.Module):
-    """ViT image tower: patchify -> [CLS] + patches (+ pos-emb) [+ prompts] -> ln_pre -> blocks -> ln_post(CLS) @ proj."""
+    """ViT image tower: patches -> [CLS] + patches + pos-emb [+ prompts] -> ln_pre -> blocks -> ln_post(CLS) @ proj."""
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
                  output_dim: int) -> None:

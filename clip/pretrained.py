@@ -16,7 +16,7 @@ import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Tuple, Union
 
 import torch
 from PIL import Image
@@ -173,7 +173,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     path = Path(path)
     try:
         if _is_torchscript(path):
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            with warnings.catch_warnings():
+                # OpenAI ships TorchScript only, and only its tensors are used: the deprecation is not actionable here
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any reader failure means the same thing to the user: this file is not usable
         raise ValueError(f"could not read CLIP weights from {path}: {error}") from error
