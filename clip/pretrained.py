@@ -99,6 +99,7 @@ def cache_dir(download_root: Union[str, os.PathLike, None] = None) -> Path:
 
 
 def is_offline() -> bool:
+    """True when $HICROPL_OFFLINE is 1/true/yes/on: `load` then never opens a network connection."""
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
