@@ -36,6 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from dassl.utils import UserError  # noqa: E402
+from descriptions import description_key  # noqa: E402  (the key HiCroPL looks a class up by, SPEC §4.2)
+
 # The whole request sent for one class. `{n}` = --n-sentences, `{classname}` = the key written to the file,
 # `{hint}` = ", <--hint>" or "" (e.g. ", a type of aircraft"), which disambiguates names such as "crane".
 SYSTEM_PROMPT = "You write short, concrete visual descriptions that are used to build image classifiers."
@@ -79,23 +82,18 @@ def read_classnames_file(path: Path) -> List[str]:
 
 def dataset_classnames(dataset_name: str, root: str, config_file: Optional[str]) -> List[str]:
     """Class names (label order) of a registered dataset, built exactly as training builds it."""
-    from dassl.config import get_cfg_default
+    from dassl.config import get_cfg_default, merge_from_file_checked
     from dassl.data.datasets import build_dataset
 
-    from train import extend_cfg
+    from train import extend_cfg  # also registers every dataset
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_from_file_checked(cfg, config_file)
     cfg.DATASET.NAME = dataset_name
     cfg.DATASET.ROOT = root
     return list(build_dataset(cfg).classnames)
-
-
-def description_key(classname: str) -> str:
-    """The JSON key HiCroPL looks a class up by (SPEC §4.2): underscores become spaces, casing is kept."""
-    return classname.replace("_", " ")
 
 
 def token_lengths(sentences: Sequence[str]) -> List[int]:
@@ -278,7 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"error: --classnames file {args.classnames} does not exist")
         classnames = read_classnames_file(args.classnames)
     else:
-        classnames = dataset_classnames(args.dataset, args.root, args.config_file)
+        try:
+            classnames = dataset_classnames(args.dataset, args.root, args.config_file)
+        except UserError as err:
+            raise SystemExit(f"error: {err}") from None
     keys = list(dict.fromkeys(description_key(c) for c in classnames))  # duplicate names share one entry
     hint = f", {args.hint}" if args.hint else ""
 

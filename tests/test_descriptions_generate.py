@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -33,6 +34,25 @@ def load_script():
 gen = load_script()
 
 
+def prompt_regex() -> "re.Pattern[str]":
+    """The script's PROMPT_TEMPLATE as a regex capturing the class name (group c) and the hint (group h)."""
+    out, named = [], False
+    for part in re.split(r"(\{n\}|\{classname\}|\{hint\})", gen.PROMPT_TEMPLATE):
+        if part == "{n}":
+            out.append(r"\d+")
+        elif part == "{hint}":
+            out.append(r"(?P<h>(?:, .+?)?)")
+        elif part == "{classname}":
+            out.append("(?P=c)" if named else "(?P<c>.+?)")
+            named = True
+        else:
+            out.append(re.escape(part))
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+PROMPT_RE = prompt_regex()
+
+
 def good_sentences(key: str, n: int) -> List[str]:
     return [f"A {key} seen from angle {i}, with its distinctive parts clearly visible." for i in range(n)]
 
@@ -56,9 +76,9 @@ class FakeLLM:
         self.queues.setdefault(key, []).extend(answers)
 
     def class_of(self, prompt: str) -> str:
-        found = [k for k in self.keys if k in prompt]
-        assert found, f"no known class in prompt {prompt!r}"
-        return max(found, key=len)
+        match = PROMPT_RE.match(prompt)
+        assert match and match["c"] in self.keys, f"unexpected prompt {prompt!r}"
+        return match["c"]
 
     def answer(self, path: str, headers, body: bytes) -> Tuple[int, bytes, Dict[str, str]]:
         request = json.loads(body)
@@ -66,7 +86,8 @@ class FakeLLM:
         key = self.class_of(prompt)
         with self.lock:
             self.requests.append({"path": path, "auth": headers.get("Authorization"), "key": key,
-                                  "model": request["model"], "prompt": prompt})
+                                  "model": request["model"], "prompt": prompt,
+                                  "hint": PROMPT_RE.match(prompt)["h"]})
             queue = self.queues.get(key)
             if queue:
                 return queue.pop(0)
@@ -146,7 +167,7 @@ def test_cli_resumes_after_interruption(server, tmp_path):
         assert r["path"] == "/v1/chat/completions"
         assert r["auth"] == f"Bearer {KEY}"
         assert r["model"] == "stand-in-model"
-        assert r["key"] in r["prompt"] and "6" in r["prompt"] and "JSON list" in r["prompt"]
+        assert r["prompt"] == gen.PROMPT_TEMPLATE.format(n=6, classname=r["key"], hint="")
 
     llm.requests.clear()
     second = run_cli(cli_args(url, names, out))
@@ -227,3 +248,21 @@ def test_bad_input_is_reported(tmp_path, monkeypatch, capsys):
         gen.main(base)
     assert "not valid JSON" in str(exc.value)
     assert out.read_text() == "{not json"  # an unreadable existing file is never overwritten
+
+
+TOY_SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent", "pentagon", "arrow"]
+
+
+def test_dataset_option_reads_registered_classes(server, tmp_path, monkeypatch):
+    llm, url = server(TOY_SHAPES)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    out = tmp_path / "toy.json"
+    args = cli_args(url, tmp_path / "unused.txt", out, "--hint", "a simple geometric shape")
+    args[:2] = ["--dataset", "ToyShapes", "--root", str(tmp_path / "data")]
+    assert gen.main(args) == 0
+    assert list(json.loads(out.read_text())) == TOY_SHAPES  # the contract's label order
+    assert [r["hint"] for r in llm.requests] == [", a simple geometric shape"] * len(TOY_SHAPES)
+    with pytest.raises(SystemExit) as exc:
+        gen.main(["--dataset", "NoSuchSet", "--root", str(tmp_path), "--output", str(out), "--model", "m",
+                  "--key-env", KEY_ENV])
+    assert "NoSuchSet" in str(exc.value)
