@@ -127,9 +127,10 @@ def base_args(workspace, output_dir):
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    """An uninterrupted 2-epoch run saving every epoch (TRAIN.CHECKPOINT_FREQ 1)."""
+    """An uninterrupted 2-epoch run saving every epoch (TRAIN.CHECKPOINT_FREQ 1), with the training tqdm bar."""
     out = workspace / "full"
-    run_train(base_args(workspace, out) + ["TRAIN.CHECKPOINT_FREQ", "1"])
+    proc = run_train(base_args(workspace, out) + ["TRAIN.CHECKPOINT_FREQ", "1", "TRAIN.PROGRESS_BAR", "True"])
+    (out / "stderr.txt").write_text(proc.stderr)
     return out
 
 
@@ -162,6 +163,11 @@ def test_train_writes_dassl_outputs(trained):
                      r"\* macro_f1: \d+\.\d{2}%$", log, re.M)
     # lr: constant warm-up 1e-5 in epoch 1, then cosine restarted at step 0 -> LR in epoch 2.
     assert [lr for _, lr in progress_lines(log, 1) + progress_lines(log, 2)] == ["1.0000e-05", f"{LR:.4e}"]
+
+    # The bars (training: TRAIN.PROGRESS_BAR; evaluation: always) go to stderr, not into the log.
+    stderr = (trained / "stderr.txt").read_text()
+    assert "epoch 2/2" in stderr and "Evaluate (test)" in stderr
+    assert "epoch 2/2:" not in log and "Evaluate (test):" not in log
 
     model_dir = trained / MODEL_NAME
     assert sorted(os.listdir(model_dir)) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-1", "model.pth.tar-2"]
