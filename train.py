@@ -129,7 +129,9 @@ def check_output_dir(output_dir: str) -> None:
             pass
         os.remove(probe)
     except OSError as e:
-        raise UserError(f"cannot write to the output dir {output_dir} ({e.strerror}); choose another --output-dir") from None
+        raise UserError(
+            f"cannot write to the output dir {output_dir} ({e.strerror}); choose another --output-dir"
+        ) from None
 
 
 def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:

@@ -16,7 +16,11 @@ from ..utils.errors import UserError
 __all__ = ["merge_from_file_checked", "merge_from_list_checked", "cfg_to_dict", "all_keys"]
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
-_TYPE_MISMATCH = re.compile(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\) with values \((.*) vs\. (.*)\) for config key: (\S+)$", re.S)
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)$",
+    re.S,
+)
 _TYPE_NAMES = {"yacs.config.CfgNode": "a config node", "str": "str", "int": "int", "float": "float", "bool": "bool"}
 
 
@@ -43,7 +47,8 @@ def _explain(cfg: CN, err: Exception, source: str) -> str:
     if match:
         key = match.group(1)
         close = difflib.get_close_matches(key, all_keys(cfg), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else "; see dassl/config/defaults.py and trainers/config.py for the keys"
+        hint = (f"; did you mean {close[0]!r}?" if close
+                else "; see dassl/config/defaults.py and trainers/config.py for the keys")
         return f"unknown config key {key!r} from {source}{hint}"
     match = _TYPE_MISMATCH.search(msg)
     if match:

@@ -97,7 +97,10 @@ class TrainerBase:
         optim: Optional[torch.optim.Optimizer] = None,
         sched: Optional[Any] = None,
     ) -> None:
-        """Register ``model`` (and its optimizer/scheduler) under ``name``; the checkpoint folder is ``<OUTPUT_DIR>/<name>``."""
+        """Register ``model`` (and its optimizer/scheduler) under ``name``.
+
+        Its checkpoints go to ``<OUTPUT_DIR>/<name>/``; registration order is the iteration order everywhere.
+        """
         if self.__dict__.get("_models") is None:
             raise AttributeError("Cannot assign model before super().__init__() call")
         if self.__dict__.get("_optims") is None:
@@ -120,7 +123,12 @@ class TrainerBase:
         return names_real
 
     def save_model(
-        self, epoch: int, directory: str, is_best: bool = False, val_result: Optional[float] = None, model_name: str = ""
+        self,
+        epoch: int,
+        directory: str,
+        is_best: bool = False,
+        val_result: Optional[float] = None,
+        model_name: str = "",
     ) -> None:
         """Save every registered model to ``<directory>/<name>/<model_name or model.pth.tar-<epoch+1>>``.
 
@@ -237,7 +245,7 @@ class TrainerBase:
             self._writer.add_scalar(tag, scalar_value, global_step)
 
     def train(self, start_epoch: int, max_epoch: int) -> None:
-        """Generic loop: ``before_train``, then per epoch ``before_epoch``/``run_epoch``/``after_epoch``, ``after_train``."""
+        """``before_train``; per epoch ``before_epoch``, ``run_epoch``, ``after_epoch``; ``after_train``."""
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()

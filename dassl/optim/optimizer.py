@@ -35,7 +35,7 @@ def build_optimizer(
         raise UserError(f"OPTIM.NAME must be one of {', '.join(AVAI_OPTIMS)}, got {optim!r}")
 
     if param_groups is not None and optim_cfg.STAGED_LR:
-        warnings.warn("STAGED_LR will be ignored, if you need to use STAGED_LR, please bind it with param_groups yourself.")
+        warnings.warn("STAGED_LR is ignored when param_groups are given; put the staged lrs into param_groups")
 
     if param_groups is None:
         if optim_cfg.STAGED_LR:

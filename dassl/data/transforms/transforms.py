@@ -40,11 +40,15 @@ _NOT_IMPLEMENTED = [
 def _check_choices(cfg: CN, choices: Sequence[str]) -> None:
     for choice in choices:
         if choice in _NOT_IMPLEMENTED:
-            raise UserError(f"INPUT.TRANSFORMS: {choice!r} is not implemented by this engine; available: {', '.join(AVAI_CHOICES)}")
+            raise UserError(
+                f"INPUT.TRANSFORMS: {choice!r} is not implemented by this engine; available: {', '.join(AVAI_CHOICES)}"
+            )
         if choice not in AVAI_CHOICES:
             raise UserError(f"INPUT.TRANSFORMS: unknown transform {choice!r}; available: {', '.join(AVAI_CHOICES)}")
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, got {cfg.INPUT.INTERPOLATION!r}")
+        raise UserError(
+            f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, got {cfg.INPUT.INTERPOLATION!r}"
+        )
 
 
 def build_transform(cfg: CN, is_train: bool = True, choices: Optional[Sequence[str]] = None) -> Optional[Compose]:
