@@ -373,6 +373,6 @@ class SplitDataset(DatasetBase):
 
     def require_annotation(self, path: str) -> str:
         """An annotation file needed only because the split file is absent: the error names both."""
-        return self.source.require_file(
-            path, "annotation file", f"needed because the split file {self.split_path} is absent"
-        )
+        if not os.path.isfile(path):
+            raise self.source.missing("split file", self.split_path, f"nor is {path}, needed to regenerate it")
+        return path

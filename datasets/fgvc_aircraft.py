@@ -30,6 +30,8 @@ class FGVCAircraft(SplitDataset):
                 if not line.strip():
                     continue
                 image_id, classname = line.strip().split(" ", 1)
+                if classname not in cname2label:
+                    raise self.source.invalid("split list", list_file, f"names {classname!r}, not in variants.txt")
                 impath = os.path.join(self.image_dir, image_id + ".jpg")
                 items.append(make_datum(impath, cname2label[classname], classname, self.source, list_name))
         return items

@@ -33,6 +33,8 @@ class SUN397(SplitDataset):
                 if not relpath:
                     continue
                 key = os.path.dirname(relpath)
+                if key not in key2label:
+                    raise self.source.invalid("partition file", list_file, f"lists {relpath}, not in ClassName.txt")
                 # Drop the letter folder and read the rest backwards: "a/apartment_building/outdoor" ->
                 # "outdoor apartment_building".
                 classname = " ".join(key.split("/")[1:][::-1])

@@ -41,6 +41,8 @@ class UCF101(SplitDataset):
                 if not line.strip():
                     continue
                 action, video = line.strip().split(" ")[0].split("/")
+                if action not in action2label:
+                    raise self.source.invalid("list", list_file, f"names action {action!r}, not in classInd.txt")
                 renamed = split_camel_case(action)
                 impath = os.path.join(self.image_dir, renamed, video.split(".")[0] + ".jpg")
                 items.append(make_datum(impath, action2label[action], renamed, self.source, os.path.basename(list_file)))
