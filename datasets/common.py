@@ -159,13 +159,9 @@ def write_split(train: Split, val: Split, test: Split, filepath: str, path_prefi
     """Write the three splits as a ``split_zhou`` json with paths relative to ``path_prefix``."""
 
     def extract(items: Split) -> List[Tuple[str, int, str]]:
-        out = []
-        for item in items:
-            impath = item.impath
-            if impath.startswith(path_prefix):
-                impath = impath[len(path_prefix):].lstrip("/" + os.sep)
-            out.append((impath, item.label, item.classname))
-        return out
+        prefix = path_prefix.rstrip(os.sep) + os.sep
+        return [(item.impath[len(prefix):] if item.impath.startswith(prefix) else item.impath, item.label,
+                 item.classname) for item in items]
 
     write_json_atomic({"train": extract(train), "val": extract(val), "test": extract(test)}, filepath)
     print(f"Saved split to {filepath}")
