@@ -111,7 +111,8 @@ def test_wrong_types_and_unknown_keys_name_the_key(yamls, tmp_path):
     bad_yaml.write_text("TRAINER:\n  HICROPL:\n    N_CTXX: 4\n")
     assert run_main(["--config-file", str(bad_yaml)]) == (
         f"unknown config key 'TRAINER.HICROPL.N_CTXX' from {bad_yaml}; did you mean 'TRAINER.HICROPL.N_CTX'?")
-    assert run_main(["--config-file", str(tmp_path / "nope.yaml")]) == f"config file not found: {tmp_path / 'nope.yaml'}"
+    missing = tmp_path / "nope.yaml"
+    assert run_main(["--config-file", str(missing)]) == f"config file not found: {missing}"
     assert "KEY VALUE pairs" in run_main(["OPTIM.LR"])
 
 

@@ -102,7 +102,8 @@ def test_clip_config_transforms():
     image = Image.new("RGB", (320, 240), color=(255, 0, 0))
     out = build_transform(cfg, is_train=False)(image)
     assert out.shape == (3, 224, 224)
-    assert torch.allclose(out[:, 0, 0], (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))
+    red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    assert torch.allclose(out[:, 0, 0], red)
 
     cfg.INPUT.TRANSFORMS = ("random_flip",)  # no crop -> resize to SIZE first, no normalisation
     assert [type(t) for t in build_transform(cfg, is_train=True).transforms] == [T.Resize, T.RandomHorizontalFlip,

@@ -151,7 +151,8 @@ def progress_lines(log_text, epoch):
 
 def test_train_writes_dassl_outputs(trained):
     log = (trained / "log.txt").read_text()
-    for expected in ["Loading trainer: EngineTestProbe", "Loading dataset: ToyShapes", "Loading evaluator: Classification",
+    for expected in ["Loading trainer: EngineTestProbe", "Loading dataset: ToyShapes",
+                     "Loading evaluator: Classification",
                      "No checkpoint found, train from scratch", "Initialize tensorboard",
                      "Evaluate on the *val* set", "Evaluate on the *test* set", "Finish training",
                      "Deploy the model with the best val performance", "Elapsed: "]:
