@@ -285,7 +285,8 @@ def check_cached_paths(items: Sequence[Datum], cache_path: str, source: DataSour
         if not os.path.isfile(item.impath):
             raise source.invalid(
                 "cache", cache_path,
-                f"lists an image that no longer exists ({item.impath}; was DATASET.ROOT moved?); delete it to rebuild it",
+                f"lists an image that no longer exists ({item.impath}; was DATASET.ROOT moved?); "
+                "delete it to rebuild it",
             )
 
 
@@ -336,7 +337,8 @@ class SplitDataset(DatasetBase):
         self.source = DataSource(type(self).__name__)
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         self.dataset_dir = os.path.join(root, type(self).dataset_dir)
-        self.image_dir = os.path.join(self.dataset_dir, type(self).image_dir) if type(self).image_dir else self.dataset_dir
+        image_subdir = type(self).image_dir
+        self.image_dir = os.path.join(self.dataset_dir, image_subdir) if image_subdir else self.dataset_dir
         self.split_path = os.path.join(self.dataset_dir, self.split_file)
         self.split_fewshot_dir = os.path.join(self.dataset_dir, SPLIT_FEWSHOT_DIR)
         self.prepare(root)

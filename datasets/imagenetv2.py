@@ -1,4 +1,7 @@
-"""ImageNetV2 (matched-frequency, 10,000 test images): ``imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/``."""
+"""ImageNetV2 (matched frequency, 10,000 test images).
+
+Layout: ``imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/`` + ``imagenetv2/classnames.txt``.
+"""
 from collections import OrderedDict
 from typing import List, Tuple
 

@@ -45,5 +45,6 @@ class UCF101(SplitDataset):
                     raise self.source.invalid("list", list_file, f"names action {action!r}, not in classInd.txt")
                 renamed = split_camel_case(action)
                 impath = os.path.join(self.image_dir, renamed, video.split(".")[0] + ".jpg")
-                items.append(make_datum(impath, action2label[action], renamed, self.source, os.path.basename(list_file)))
+                listed_in = os.path.basename(list_file)
+                items.append(make_datum(impath, action2label[action], renamed, self.source, listed_in))
         return items

@@ -222,8 +222,8 @@ PLANS: Tuple[DatasetPlan, ...] = (
         (classnames_copy("imagenet-sketch"),),
         ready=("imagenet-sketch/images", "imagenet-sketch/classnames.txt"),
         manual=(
-            "Download ImageNet-Sketch as linked from https://github.com/HaohanWang/ImageNet-Sketch (ImageNet-Sketch.zip, "
-            "which holds sketch/<wnid>/).",
+            "Download ImageNet-Sketch as linked from https://github.com/HaohanWang/ImageNet-Sketch "
+            "(ImageNet-Sketch.zip, which holds sketch/<wnid>/).",
             "Unpack it and rename/move the class folders so that <root>/imagenet-sketch/images/<wnid>/ exists "
             "(1000 folders).",
         ),

@@ -151,7 +151,8 @@ def test_fewshot_sampling_matches_reference(tmp_path_factory, shots, seed):
         groups = {}
         for relpath, label, _ in split[key]:
             groups.setdefault(label, []).append(relpath)
-        expected[key] = [p for items in groups.values() for p in (random.sample(items, k) if len(items) >= k else items)]
+        expected[key] = [p for items in groups.values()
+                         for p in (random.sample(items, k) if len(items) >= k else items)]
 
     random.seed(seed)
     dataset = build_dataset(make_cfg(root, shots=shots, seed=seed))

@@ -283,7 +283,8 @@ def test_dry_run_touches_nothing(dl, tmp_path, capsys):
     for plan in dl.PLANS:
         assert f"{plan.key}: would" in out
     assert "imagenet: by hand: Register at https://image-net.org" in out
-    assert f"would unpack fgvc-aircraft-2013b.tar.gz (its folder fgvc-aircraft-2013b/data/) into {root}/fgvc_aircraft" in out
+    assert ("would unpack fgvc-aircraft-2013b.tar.gz (its folder fgvc-aircraft-2013b/data/) "
+            f"into {root}/fgvc_aircraft") in out
 
 
 def test_dry_run_shows_resume_and_completion(dl, tmp_path, capsys):
