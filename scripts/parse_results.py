@@ -358,7 +358,8 @@ def fewshot_table(root: str, paper: Dict[str, Any], datasets: Sequence[str], tra
         ref = paper_mean(used, B2N_DATASETS, printed.get(k), {d: paper_fs.get(d, {}).get(k) for d in used})
         average[k] = average_cell([r.cells[k].mean for r in rows if r.cells[k].mean is not None], len(rows), ref)
     rows.append(Row("average", "Average", average))
-    notes = also_found_note(found_extra(root, ["{ds}", glob.escape(trainer), f"{glob.escape(config)}_*shots"], datasets))
+    extra = found_extra(root, ["{ds}", glob.escape(trainer), f"{glob.escape(config)}_*shots"], datasets)
+    notes = also_found_note(extra)
     return Table("fewshot", "Few-shot classification (Table 14; accuracy by shots per class K)",
                  [(k, f"K={k}") for k in keys], rows, notes=notes)
 
@@ -456,7 +457,7 @@ def markdown_lines(table: Table) -> List[str]:
                      "same datasets.")
     else:
         lines.append("No finished runs found for this table.")
-    lines += [note for note in table.notes]
+    lines += table.notes
     lines.append("")
     return lines
 
@@ -566,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=PROTOCOLS + ("all",), default="all",
                         help="which table(s) to print (default: all)")
     parser.add_argument("--csv", action="store_true",
-                        help="print CSV (table,dataset,metric,mean,std,n,n_counts,seeds,paper,diff) instead of markdown")
+                        help="print CSV instead of markdown, one line per cell: "
+                             "table,dataset,metric,mean,std,n,n_counts,seeds,paper,diff")
     parser.add_argument("--plot", metavar="PNG", help="also write the few-shot curves to this image file")
     parser.add_argument("--datasets", nargs="+", metavar="ID",
                         help="dataset ids to tabulate (default: the paper's datasets of each table; for xd/dg: "

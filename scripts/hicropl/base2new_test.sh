@@ -3,7 +3,7 @@
 #
 # usage: scripts/hicropl/base2new_test.sh DATASET SEED [KEY VALUE ...]
 #   same arguments and environment as base2new_train.sh (use the same EXTRA_OPTS / CFG / SHOTS as for training)
-#   LOAD_EPOCH  unset (default): load model-best.pth.tar; N: load model.pth.tar-N
+#   B2N_LOAD_EPOCH  unset or empty (default): load model-best.pth.tar; N: load model.pth.tar-N
 # The released test script defined LOADEP=5 but never passed it, so the published novel numbers come from the
 # best-val checkpoint (SPEC F2). Loading model-best is kept deliberately to reproduce them; note that the
 # "best val" model of ImageNet is selected on its test images (ImageNet's val split is its test set, SPEC F1).
@@ -24,7 +24,7 @@ TRAINER_YAML="$(trainer_yaml "$CFG")"
 MODEL_DIR="$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"
 DIR="$OUTPUT/base2new/test_new/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"
 LOAD=()
-if [[ -n "${LOAD_EPOCH:-}" ]]; then LOAD=(--load-epoch "$LOAD_EPOCH"); fi
+if [[ -n "${B2N_LOAD_EPOCH:-}" ]]; then LOAD=(--load-epoch "$B2N_LOAD_EPOCH"); fi
 
 run_job eval "$DIR" "$PYTHON" train.py \
     --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \

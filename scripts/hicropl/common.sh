@@ -71,7 +71,7 @@ dataset_yaml() {
 # trainer_yaml CFG: configs/trainers/HiCroPL/CFG.yaml, or a one-line error.
 trainer_yaml() {
     local f="configs/trainers/$TRAINER/$1.yaml"
-    [[ -f "$f" ]] || die "unknown config '$1' (no $f); set CFG to a file name in configs/trainers/$TRAINER/ without .yaml"
+    [[ -f "$f" ]] || die "unknown config '$1' (no $f); set CFG to a file name of configs/trainers/$TRAINER/ (no .yaml)"
     echo "$f"
 }
 

@@ -5,7 +5,7 @@
 # usage: scripts/hicropl/reproduce_cross_dataset.sh [KEY VALUE ...]
 # env: SOURCE    source dataset id (default imagenet)
 #      DATASETS  target dataset ids (default: the 10 datasets other than ImageNet)
-#      SEEDS     seeds (default "1 2 3");  LOAD_EPOCH as in xd_test.sh
+#      SEEDS     seeds (default "1 2 3");  XD_LOAD_EPOCH as in xd_test.sh
 #      DATA, OUTPUT, PYTHON, EXTRA_OPTS, DRY_RUN, CFG, SHOTS as in common.sh
 # then: python scripts/parse_results.py $OUTPUT --protocol xd
 set -euo pipefail

@@ -6,9 +6,9 @@
 #   DATASET  target dataset id;  SEED  seed of the source model to evaluate
 # env: DATA, OUTPUT, PYTHON, EXTRA_OPTS, DRY_RUN, CFG (see common.sh); SHOTS (default 16, of the source run)
 #   SOURCE      source dataset id of the model (default imagenet)
-#   LOAD_EPOCH  checkpoint model.pth.tar-N to load (default 5 = the last epoch of the 5-epoch config, as the
-#               released script passes --load-epoch 5); set it to the run's last epoch when MAX_EPOCH is
-#               overridden; set it empty (LOAD_EPOCH=) to load model-best.pth.tar instead
+#   XD_LOAD_EPOCH  checkpoint model.pth.tar-N to load (default 5 = the last epoch of the 5-epoch config, as the
+#                  released script passes --load-epoch 5); set it to the run's last epoch when MAX_EPOCH is
+#                  overridden; set it empty (XD_LOAD_EPOCH=) to load model-best.pth.tar instead
 # output: $OUTPUT/evaluation/HiCroPL/vit_b16_c2_ep5_batch32_2ctx_cross_datasets_16shots/<ds>/seed<S>
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -26,9 +26,9 @@ DATASET_YAML="$(dataset_yaml "$DATASET")"
 TRAINER_YAML="$(trainer_yaml "$CFG")"
 MODEL_DIR="$OUTPUT/$SOURCE/$TRAINER/${CFG}_${SHOTS}shots/seed$SEED"
 DIR="$OUTPUT/evaluation/$TRAINER/${CFG}_${SHOTS}shots/$DATASET/seed$SEED"
-LOAD_EPOCH="${LOAD_EPOCH-5}"
+XD_LOAD_EPOCH="${XD_LOAD_EPOCH-5}"
 LOAD=()
-if [[ -n "$LOAD_EPOCH" ]]; then LOAD=(--load-epoch "$LOAD_EPOCH"); fi
+if [[ -n "$XD_LOAD_EPOCH" ]]; then LOAD=(--load-epoch "$XD_LOAD_EPOCH"); fi
 
 run_job eval "$DIR" "$PYTHON" train.py \
     --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
