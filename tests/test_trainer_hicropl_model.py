@@ -5,6 +5,8 @@ Expectations are computed independently here from the SPEC equations (reference 
 """
 import copy
 import math
+import sys
+import types
 from collections import OrderedDict
 
 import pytest
@@ -22,6 +24,7 @@ from trainers.hicropl import (
     LayerKnowledgeProxy,
     check_hicropl_cfg,
     frozen_text_features,
+    read_checkpoint,
 )
 
 CLASSES = ["circle", "square", "triangle", "star", "hexagon"]
@@ -375,3 +378,22 @@ def test_frozen_text_features_averaged_and_cached(tiny, tmp_path, monkeypatch, c
     frozen_text_features(other, sentences)  # other text-tower weights -> other key
     assert len(list((tmp_path / "text_features").glob("*.pt"))) == 3
     assert not list((tmp_path / "text_features").glob("*.tmp"))
+
+
+def test_released_checkpoint_file_with_pickled_objects(tiny, frozen_text, images, tmp_path):
+    """A released-code checkpoint file: pickled scheduler objects of classes that do not exist here (SPEC F13)."""
+    module = types.ModuleType("released_dassl_lr_scheduler")
+    exec("class ConstantWarmupScheduler:\n    def __init__(self):\n        self.successor = {'last_epoch': 5}",
+         module.__dict__)
+    sys.modules[module.__name__] = module
+    source = build(tiny, frozen_text, seed=12)
+    path = tmp_path / "model-best.pth.tar"
+    torch.save({"state_dict": released_layout(source, tiny, len(CLASSES)), "epoch": 5,
+                "scheduler": module.ConstantWarmupScheduler(), "val_result": None}, path)
+    del sys.modules[module.__name__]
+    checkpoint = read_checkpoint(str(path))
+    assert checkpoint["epoch"] == 5
+    target = build(tiny, frozen_text, seed=13)
+    target.load_state_dict(checkpoint["state_dict"])
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(images[0]), source.eval()(images[0]))

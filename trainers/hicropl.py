@@ -20,7 +20,9 @@ import hashlib
 import json
 import os
 import os.path as osp
+import pickle
 import tempfile
+import types
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -442,6 +444,33 @@ def convert_released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "Orde
     return out
 
 
+class _PlaceholderUnpickler(pickle.Unpickler):
+    """Unpickles classes that do not exist here (the released Dassl's warm-up scheduler, pickled inside its
+    checkpoints, SPEC F13) as inert placeholder classes, so that the tensors of such a file can still be read."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return super().find_class(module, name)
+        except (AttributeError, ImportError):
+            return type(name, (), {"__module__": module})
+
+
+_placeholder_pickle = types.ModuleType("placeholder_pickle")
+_placeholder_pickle.Unpickler = _PlaceholderUnpickler
+_placeholder_pickle.load = pickle.load
+
+
+def read_checkpoint(path: str) -> dict:
+    """The engine's ``load_checkpoint``; a released-code checkpoint whose pickled scheduler classes do not exist here
+    is read with placeholders for them (only its ``state_dict`` is used). Unpickling runs code: trusted files only."""
+    try:
+        return load_checkpoint(path)
+    except (AttributeError, ImportError) as e:
+        print(f"Note: {path} pickles objects of classes that do not exist here ({e}); reading its tensors anyway")
+        map_location = None if torch.cuda.is_available() else "cpu"
+        return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_placeholder_pickle)
+
+
 def fuse(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
     """norm(norm(prompted) + frozen): the fused feature of SPEC §4.1 (frozen rows are unit vectors). (N, d)."""
     return F.normalize(F.normalize(prompted, dim=-1) + frozen, dim=-1)
@@ -684,7 +713,7 @@ class HiCroPL(TrainerX):
             path = osp.join(directory, name, filename)
             if not osp.exists(path):
                 raise UserError(f'model not found at "{path}"; check --model-dir and --load-epoch')
-            checkpoint = load_checkpoint(path)
+            checkpoint = read_checkpoint(path)
             state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
             self._models[name].load_state_dict(state_dict)
