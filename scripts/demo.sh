@@ -19,7 +19,7 @@ TEST_DIR="$OUT/test_new"
 rm -rf "$OUT"
 start=$(date +%s)
 
-echo "== HiCroPL demo: train on ToyShapes base classes (random:tiny CLIP, CPU) =="
+echo "== HiCroPL demo: train on ToyShapes base classes (random-weight tiny CLIP) =="
 "$PYTHON" train.py --root "$DATA" --seed 1 --trainer HiCroPL \
     --dataset-config-file configs/datasets/toy_shapes.yaml --config-file "$CFG" \
     --output-dir "$TRAIN_DIR" DATASET.SUBSAMPLE_CLASSES base

@@ -472,8 +472,10 @@ def read_checkpoint(path: str) -> dict:
 
 
 def fuse(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
-    """norm(norm(prompted) + frozen): the fused feature of SPEC §4.1 (frozen rows are unit vectors). (N, d)."""
-    return F.normalize(F.normalize(prompted, dim=-1) + frozen, dim=-1)
+    """norm(norm(prompted) + frozen): the fused feature of SPEC §4.1 (frozen rows are unit vectors). (N, d).
+
+    Computed in the prompted features' dtype (fp16 in the released precision, as the released code casts W)."""
+    return F.normalize(F.normalize(prompted, dim=-1) + frozen.to(prompted.dtype), dim=-1)
 
 
 def hicropl_loss(
