@@ -160,7 +160,8 @@ def chat_completion(base_url: str, model: str, api_key: str, prompt: str, temper
 
 def with_retries(call: Callable[[], List[str]], retries: int, backoff: float, what: str) -> List[str]:
     """Run `call`, retrying transient failures up to `retries` times with delays backoff * 2**attempt."""
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         try:
             return call()
         except urllib.error.HTTPError as err:
@@ -178,7 +179,7 @@ def with_retries(call: Callable[[], List[str]], retries: int, backoff: float, wh
         if retry_after.isdigit():  # the server's own rate-limit hint, capped so one reply cannot stall the run
             delay = max(delay, min(float(retry_after), 60.0))
         time.sleep(delay)
-    raise AssertionError("unreachable")
+        attempt += 1
 
 
 def load_existing(path: Path) -> Dict[str, List[str]]:

@@ -188,11 +188,15 @@ def test_transient_errors_are_retried(server, tmp_path, monkeypatch):
     names = tmp_path / "classes.txt"
     names.write_text("n00000001 Apply_Eye_Makeup\nn00000002 Baby_Crawling\n")  # wnid lines are accepted
     llm.script(KEYS[0], (503, b"overloaded", {}), (500, b"oops", {}))
-    llm.script(KEYS[1], (429, b"slow down", {"Retry-After": "0"}))
+    llm.script(KEYS[1], (429, b"slow down", {"Retry-After": "3"}))
     monkeypatch.setenv(KEY_ENV, KEY)
+    delays: List[float] = []
+    monkeypatch.setattr(gen.time, "sleep", delays.append)
     out = tmp_path / "desc.json"
     assert gen.main(cli_args(url, names, out)) == 0
     assert llm.requested() == [KEYS[0]] * 3 + [KEYS[1]] * 2
+    # Exponential backoff (--backoff 0.01 doubles per retry), then the server's Retry-After hint wins.
+    assert delays == pytest.approx([0.01, 0.02, 3.0])
     assert json.loads(out.read_text()) == {k: good_sentences(k, 6) for k in KEYS[:2]}
 
 
