@@ -157,6 +157,7 @@ def test_dry_run_transfer(tmp_path, script, targets):
         assert flag(c, "--output-dir") == f"{out}/evaluation/HiCroPL/{XD_CFG}_16shots/{dataset_of(c)}/seed{seed}"
         assert flag(c, "--model-dir") == f"{out}/imagenet/HiCroPL/{XD_CFG}_16shots/seed{seed}"
         assert flag(c, "--load-epoch") == "5"  # the last epoch of the 5-epoch config, as released
+        assert opts(c) == {"DATASET.NUM_SHOTS": "-1"}  # test only: no few-shot subset of the target (F23)
     # the source model of a seed is trained before its targets are tested
     assert "--eval-only" not in commands[0] and all("--eval-only" in c for c in commands[1:1 + len(targets)])
 
@@ -241,7 +242,9 @@ def test_output_tree(toy_tree):
     assert record["checkpoint"] == str(train / "VLPromptLearner" / "model-best.pth.tar")  # F2
     record = final_test(fewshot)
     assert (record["subsample"], record["shots"], record["seed"]) == ("all", 2, 1)
-    assert final_test(target)["checkpoint"] == str(source / "VLPromptLearner" / "model.pth.tar-1")
+    record = final_test(target)
+    assert (record["checkpoint"], record["subsample"]) == (str(source / "VLPromptLearner" / "model.pth.tar-1"), "all")
+    assert record["shots"] == -1  # evaluated on the full test split without sampling a few-shot train subset
     # domain generalisation reuses the cross-dataset source model and, here, the same target run: both skipped
     assert "run:" not in logs["domain_generalization"]
     assert logs["domain_generalization"].count("skip (finished):") == 2

@@ -10,6 +10,8 @@
 #                  released script passes --load-epoch 5); set it to the run's last epoch when MAX_EPOCH is
 #                  overridden; set it empty (XD_LOAD_EPOCH=) to load model-best.pth.tar instead
 # output: $OUTPUT/evaluation/HiCroPL/vit_b16_c2_ep5_batch32_2ctx_cross_datasets_16shots/<ds>/seed<S>
+# DATASET.NUM_SHOTS -1: the target is only tested (always on its full test split), so no few-shot training subset
+# is sampled or cached in the data dir (the released script left the yaml's 16, SPEC F23; same accuracy).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -33,4 +35,4 @@ if [[ -n "$XD_LOAD_EPOCH" ]]; then LOAD=(--load-epoch "$XD_LOAD_EPOCH"); fi
 run_job eval "$DIR" "$PYTHON" train.py \
     --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
     --dataset-config-file "$DATASET_YAML" --config-file "$TRAINER_YAML" --output-dir "$DIR" \
-    --model-dir "$MODEL_DIR" "${LOAD[@]}" --eval-only "${EXTRA[@]}" "$@"
+    --model-dir "$MODEL_DIR" "${LOAD[@]}" --eval-only DATASET.NUM_SHOTS -1 "${EXTRA[@]}" "$@"
