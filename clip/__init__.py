@@ -6,8 +6,16 @@
 """
 
 from .model import CLIP, CLIPConfig, build_model, convert_weights
-from .pretrained import ARCHITECTURES, ChecksumError, MissingWeightsError, available_models, load
+from .pretrained import (
+    ARCHITECTURES,
+    ChecksumError,
+    CLIPLoadError,
+    MissingWeightsError,
+    WeightsFileError,
+    available_models,
+    load,
+)
 from .tokenizer import tokenize
 
-__all__ = ["CLIP", "CLIPConfig", "build_model", "convert_weights", "ARCHITECTURES", "ChecksumError",
-           "MissingWeightsError", "available_models", "load", "tokenize"]
+__all__ = ["CLIP", "CLIPConfig", "build_model", "convert_weights", "ARCHITECTURES", "ChecksumError", "CLIPLoadError",
+           "MissingWeightsError", "WeightsFileError", "available_models", "load", "tokenize"]

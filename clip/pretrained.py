@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import pickle
 import tempfile
 import urllib.error
 import urllib.request
@@ -79,12 +80,21 @@ ARCHITECTURES: Dict[str, CLIPConfig] = {
 }
 
 
-class MissingWeightsError(FileNotFoundError):
+class CLIPLoadError(Exception):
+    """`load` cannot build a model from its spec. The message is one line saying what to do; `train.py` prints it
+    as ``error: <message>`` without a traceback (as it does for ``dassl.utils.UserError``)."""
+
+
+class MissingWeightsError(CLIPLoadError, FileNotFoundError):
     """Weights are not in the cache and cannot be downloaded (offline mode or network failure)."""
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(CLIPLoadError, RuntimeError):
     """A downloaded or cached weights file does not have the SHA256 its URL names."""
+
+
+class WeightsFileError(CLIPLoadError, ValueError):
+    """The spec names no known model, architecture or file, or the file does not hold CLIP weights."""
 
 
 def available_models() -> List[str]:
@@ -179,12 +189,19 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's own text here ("re-run with weights_only=False ...") is several lines of misleading advice.
+        raise WeightsFileError(f"could not read CLIP weights from {path}: not a TorchScript archive nor a torch.save "
+                               "file of tensors (truncated or corrupt?); download it again") from error
     except Exception as error:  # any reader failure means the same thing to the user: this file is not usable
-        raise ValueError(f"could not read CLIP weights from {path}: {error}") from error
+        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        raise WeightsFileError(f"could not read CLIP weights from {path}: {reason}") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
-        raise ValueError(f"{path} does not hold a CLIP state dict (a dict of tensors, possibly under 'state_dict')")
+        raise WeightsFileError(
+            f"{path} does not hold a CLIP state dict (a dict of tensors, possibly under 'state_dict')"
+        )
     return loaded
 
 
@@ -194,7 +211,9 @@ def build_random(arch: str, seed: int = RANDOM_SEED) -> CLIP:
     The global RNG state is left untouched.
     """
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r} for random:<arch>; choose one of {list(ARCHITECTURES)}")
+        raise WeightsFileError(
+            f"unknown architecture {arch!r} for random:<arch>; choose one of {', '.join(ARCHITECTURES)}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIP(ARCHITECTURES[arch])
@@ -215,6 +234,17 @@ def image_transform(resolution: int) -> Callable[[Image.Image], torch.Tensor]:
     ])
 
 
+def _build_from_file(path: Union[str, os.PathLike]) -> CLIP:
+    """`build_model(read_state_dict(path))`, with a one-line `WeightsFileError` for tensors that are not CLIP's."""
+    state_dict = read_state_dict(path)
+    try:
+        return build_model(state_dict)
+    except (KeyError, ValueError, RuntimeError) as error:  # missing keys or wrong shapes (e.g. another model's file)
+        reason = f"missing key {error}" if isinstance(error, KeyError) else str(error).strip().splitlines()[0]
+        raise WeightsFileError(f"{path} does not hold OpenAI CLIP weights ({reason}); pass a CLIP checkpoint, "
+                               "a CLIP model name or random:<arch>") from error
+
+
 def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
          download_root: Union[str, os.PathLike, None] = None,
          ) -> Tuple[CLIP, Callable[[Image.Image], torch.Tensor]]:
@@ -228,11 +258,11 @@ def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
     if spec.startswith(RANDOM_PREFIX):
         model = build_random(spec[len(RANDOM_PREFIX):])
     elif spec in MODEL_URLS:
-        model = build_model(read_state_dict(fetch(spec, download_root)))
+        model = _build_from_file(fetch(spec, download_root))
     elif os.path.isfile(spec):
-        model = build_model(read_state_dict(spec))
+        model = _build_from_file(spec)
     else:
-        raise ValueError(f"CLIP spec {spec!r} is not a model name ({available_models()}), an existing file, nor "
-                         f"{RANDOM_PREFIX}<arch> with arch in {list(ARCHITECTURES)}")
+        raise WeightsFileError(f"CLIP spec {spec!r} is not a model name ({', '.join(available_models())}), an "
+                               f"existing file, nor {RANDOM_PREFIX}<arch> with arch in {', '.join(ARCHITECTURES)}")
     model = model.float().to(device).eval()
     return model, image_transform(model.visual.input_resolution)
