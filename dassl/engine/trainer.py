@@ -40,11 +40,13 @@ from dassl.evaluation import build_evaluator
 from dassl.utils import (
     AverageMeter,
     MetricMeter,
+    NonFiniteLossError,
     get_rng_state,
     is_main_process,
     load_checkpoint,
     mkdir_if_missing,
     read_checkpoint_meta,
+    remove_stale_temp_files,
     restore_from_checkpoint,
     save_checkpoint,
     set_rng_state,
@@ -220,11 +222,29 @@ class TrainerBase:
             if self._scheds[name] is not None:
                 self._scheds[name].step()
 
-    def detect_anomaly(self, loss: torch.Tensor) -> None:
-        """Raise ``FloatingPointError`` if ``loss`` is not finite, saying where it happened."""
-        if not torch.isfinite(loss).all():
-            where = f" (epoch {getattr(self, 'epoch', 0) + 1}, batch {getattr(self, 'batch_idx', 0) + 1})"
-            raise FloatingPointError(f"Loss is infinite or NaN! loss={loss.detach().cpu().tolist()}{where}")
+    def detect_anomaly(self, loss: torch.Tensor, terms: Optional[Dict[str, Any]] = None) -> None:
+        """Raise ``NonFiniteLossError`` (a ``FloatingPointError``) if ``loss`` is not finite.
+
+        The one-line message names the epoch and batch, the loss and, if given, the ``terms`` it was summed from
+        (name -> tensor or float, e.g. ``{"ce": ..., "kd": ...}``), so the culprit is visible. Call it before
+        ``backward()``: then nothing has been updated and the checkpoints written so far are the last good state.
+        """
+        if torch.isfinite(loss).all():
+            return
+
+        def show(value: Any) -> str:
+            value = value.detach().float().cpu() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            return f"{value.item():.4g}" if value.numel() == 1 else str([round(v, 4) for v in value.flatten().tolist()])
+
+        epoch, batch = getattr(self, "epoch", 0) + 1, getattr(self, "batch_idx", 0) + 1
+        max_epoch, num_batches = getattr(self, "max_epoch", "?"), getattr(self, "num_batches", "?")
+        parts = ", ".join(f"{name}={show(value)}" for name, value in (terms or {}).items())
+        raise NonFiniteLossError(
+            f"Loss is infinite or NaN at epoch {epoch}/{max_epoch}, batch {batch}/{num_batches}: loss={show(loss)}"
+            + (f" ({parts})" if parts else "")
+            + "; training stopped before the update, checkpoints already saved are intact "
+            "(lower OPTIM.LR, check the input data, or use full precision)"
+        )
 
     def init_writer(self, log_dir: str) -> None:
         """Open a tensorboard ``SummaryWriter`` at ``log_dir`` (once; rank 0 only)."""
@@ -355,6 +375,11 @@ class SimpleTrainer(TrainerBase):
         super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self) -> None:
+        if is_main_process():
+            # Temp files of a run killed mid-write (checkpoints, results.json) are litter, never a resume point.
+            for folder in [self.output_dir] + [osp.join(self.output_dir, name) for name in self.get_model_names()]:
+                for name in remove_stale_temp_files(folder):
+                    print(f"Removed {osp.join(folder, name)} (left by an interrupted run)")
         directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
 

@@ -1,6 +1,6 @@
 """Utilities (Dassl ``dassl.utils`` names): files, logging, registries, checkpoints, meters, errors."""
 from .comm import get_rank, is_main_process
-from .errors import UserError
+from .errors import NonFiniteLossError, UserError
 from .logger import Logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, RegistryLookupError, check_availability, get_most_similar_str_to_a_from_b
@@ -12,6 +12,7 @@ from .tools import (
     mkdir_if_missing,
     read_image,
     read_json,
+    remove_stale_temp_files,
     set_random_seed,
     tolist_if_not,
     write_json,

@@ -4,6 +4,7 @@ import json
 import os
 import os.path as osp
 import random
+import re
 import uuid
 import warnings
 from typing import Any, List
@@ -11,8 +12,9 @@ from typing import Any, List
 import numpy as np
 import PIL
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from .errors import UserError
 from .registry import check_availability, get_most_similar_str_to_a_from_b
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "write_json",
     "atomic_write_text",
     "temp_path_beside",
+    "remove_stale_temp_files",
     "listdir_nohidden",
     "read_image",
     "set_random_seed",
@@ -65,6 +68,42 @@ def temp_path_beside(fpath: str) -> str:
     return osp.join(dirname, f".{basename}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temp_files(dirname: str) -> List[str]:
+    """Delete the ``temp_path_beside`` files in ``dirname`` whose writing process no longer runs; returns their names.
+
+    A process killed between creating a temp file and renaming it leaves the file behind. Resume logic never reads
+    temp files, so they are only litter; a live writer's (e.g. a concurrent run's) files are left alone.
+    """
+    removed = []
+    if not osp.isdir(dirname):
+        return removed
+    for name in sorted(os.listdir(dirname)):
+        match = _TEMP_NAME.match(name)
+        if match is None or _process_exists(int(match.group("pid"))):
+            continue
+        try:
+            os.remove(osp.join(dirname, name))
+            removed.append(name)
+        except FileNotFoundError:  # removed by someone else meanwhile
+            pass
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def atomic_write_text(text: str, fpath: str) -> None:
     """Write ``text`` to ``fpath`` through a temp file in the same folder and ``os.replace``.
 
@@ -95,11 +134,21 @@ def listdir_nohidden(path: str, sort: bool = False) -> List[str]:
 
 
 def read_image(path: str) -> Image.Image:
-    """Read an image file as an RGB PIL image."""
+    """Read an image file as an RGB PIL image.
+
+    A file that PIL cannot decode (corrupt, truncated, not an image) raises ``UserError`` naming it, so a run
+    stops with one line instead of a DataLoader traceback.
+    """
     if not osp.exists(path):
         raise IOError(f'No file exists at "{path}"')
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors (UnidentifiedImageError is an OSError)
+        reason = "not an image file PIL can identify" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(
+            f"cannot read image {path} ({reason}); replace the file with a valid image or remove it from the dataset"
+        ) from None
 
 
 def set_random_seed(seed: int) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import UserError
 from .tools import atomic_write_text, mkdir_if_missing, temp_path_beside
 
 __all__ = [
@@ -95,14 +96,23 @@ def _torch_load(fpath: str, map_location: Any, mmap: bool = False) -> Any:
 def load_checkpoint(fpath: str) -> Dict[str, Any]:
     """Load a checkpoint dict onto the GPU it was saved from if CUDA is available, else onto the CPU.
 
-    Raises ``ValueError`` if ``fpath`` is None and ``FileNotFoundError`` if it does not exist.
+    Raises ``ValueError`` if ``fpath`` is None, ``FileNotFoundError`` if it does not exist and ``UserError`` if it
+    cannot be read.
     """
     if fpath is None:
         raise ValueError("File path is None")
     if not osp.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
-    return _torch_load(fpath, map_location)
+    try:
+        return _torch_load(fpath, map_location)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # torch's message for a damaged zip is several lines long; its first line says what failed.
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"cannot read checkpoint {fpath} ({reason}): the file is truncated or corrupt; "
+            "delete it, or train again to re-create it"
+        ) from None
 
 
 def read_checkpoint_meta(fpath: str) -> Dict[str, Any]:
