@@ -13,8 +13,10 @@ Examples::
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES new
 
 Config merge order: defaults -> ``extend_cfg`` -> dataset yaml -> trainer yaml -> flags -> ``KEY VALUE`` pairs.
-Bad input (unknown key, wrong value type, unknown trainer or dataset, missing checkpoints, unwritable
-output dir) ends with one ``error: ...`` line on stderr and exit status 2.
+Bad input (unknown key, wrong value type, unknown trainer or dataset, missing or corrupt data, weights or
+checkpoints, unwritable output dir) ends with one ``error: ...`` line on stderr and exit status 2; a loss that
+becomes NaN/inf ends with one ``error: Loss is infinite or NaN at epoch E/N, batch B/M: ...`` line and status 3.
+Once log.txt is open, the error line is also written at its end.
 """
 import argparse
 import glob
@@ -28,10 +30,13 @@ from yacs.config import CfgNode as CN
 
 import datasets  # noqa: F401  (registers every dataset)
 import trainers  # noqa: F401  (registers every trainer)
+from clip import CLIPLoadError
 from dassl.config import get_cfg_default, merge_from_file_checked, merge_from_list_checked
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import (
+    Logger,
+    NonFiniteLossError,
     UserError,
     check_availability,
     collect_env_info,
@@ -226,9 +231,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line.
+
+    torch re-raises an error from a DataLoader worker (NUM_WORKERS > 0) with the worker's traceback as its
+    message; the last line of that traceback is ``<module>.<class>: <original message>``.
+    """
+    message = str(error).strip()
+    if "\n" in message and message.startswith("Caught "):
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split("\n"))
+
+
+def fail(error: BaseException, status: int) -> NoReturn:
+    """Print ``error: <message>`` on stderr (and into log.txt if it is open) and exit with ``status``."""
+    line = f"error: {one_line(error)}"
+    if isinstance(sys.stdout, Logger):  # the log of the run says why it stopped
+        sys.stdout.file.write(line + "\n")
+        sys.stdout.file.flush()
+    print(line, file=sys.stderr)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, CLIPLoadError) as e:  # bad input: config, flags, files, weights
+        fail(e, 2)
+    except NonFiniteLossError as e:  # the run diverged
+        fail(e, 3)
