@@ -67,13 +67,31 @@ class DataSource:
 
     def require_dir(self, path: str, what: str) -> str:
         if not os.path.isdir(path):
-            raise self.missing(what, path)
+            raise self.missing(what, path, near_miss_hint(path))
         return path
 
     def require_file(self, path: str, what: str, hint: str = "") -> str:
         if not os.path.isfile(path):
             raise self.missing(what, path, hint)
         return path
+
+
+def near_miss_hint(path: str) -> str:
+    """Why a folder may be missing: its parent does not exist, or a sibling differs only in case or separators.
+
+    E.g. ``found 'OxfordPets' instead: rename it to 'oxford_pets'``; "" when neither applies.
+    """
+    parent, name = os.path.split(os.path.normpath(path))
+    if not os.path.isdir(parent):
+        return f"{parent} does not exist either"
+
+    def key(folder: str) -> str:
+        return "".join(c for c in folder.lower() if c not in "-_ .")
+
+    for entry in sorted(os.listdir(parent)):
+        if key(entry) == key(name) and os.path.isdir(os.path.join(parent, entry)):
+            return f"found {entry!r} instead: rename it to {name!r}"
+    return ""
 
 
 def make_datum(impath: str, label: int, classname: str, source: DataSource, listed_in: str) -> Datum:
