@@ -93,7 +93,7 @@ def load_descriptions(
         raise UserError(
             f"{path} has no descriptions for {len(missing)} of {len(classnames)} classes: "
             + ", ".join(repr(k) for k in missing)
-            + " (add them to the file, or allow the fallback sentence "
+            + " (add them to the file, or set TRAINER.HICROPL.DESCRIPTIONS_FALLBACK True to describe them as "
             + repr(FALLBACK_TEMPLATE)
             + ")"
         )
