@@ -189,13 +189,13 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's own text here ("re-run with weights_only=False ...") is several lines of misleading advice.
-        raise WeightsFileError(f"could not read CLIP weights from {path}: not a TorchScript archive nor a torch.save "
-                               "file of tensors (truncated or corrupt?); download it again") from error
     except Exception as error:  # any reader failure means the same thing to the user: this file is not usable
-        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
-        raise WeightsFileError(f"could not read CLIP weights from {path}: {reason}") from error
+        detail = type(error).__name__
+        if str(error).strip() and not isinstance(error, pickle.UnpicklingError):
+            # torch's text for a refused pickle ("re-run with weights_only=False ...") is misleading advice
+            detail += ": " + str(error).strip().splitlines()[0].split(". ")[0]
+        raise WeightsFileError(f"could not read CLIP weights from {path}: not a TorchScript archive nor a torch.save "
+                               f"file of tensors, or truncated ({detail}); download it again") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
