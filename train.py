@@ -15,8 +15,9 @@ Examples::
 Config merge order: defaults -> ``extend_cfg`` -> dataset yaml -> trainer yaml -> flags -> ``KEY VALUE`` pairs.
 Bad input (unknown key, wrong value type, unknown trainer or dataset, missing or corrupt data, weights or
 checkpoints, unwritable output dir) ends with one ``error: ...`` line on stderr and exit status 2; a loss that
-becomes NaN/inf ends with one ``error: Loss is infinite or NaN at epoch E/N, batch B/M: ...`` line and status 3.
-Once log.txt is open, the error line is also written at its end.
+becomes NaN/inf ends with one ``error: Loss is infinite or NaN at epoch E/N, batch B/M: ...`` line and status 3;
+Ctrl-C with one ``error: interrupted; ...`` line and status 130. Once log.txt is open, the error line is also
+written at its end.
 """
 import argparse
 import glob
@@ -243,9 +244,9 @@ def one_line(error: BaseException) -> str:
     return " ".join(message.split("\n"))
 
 
-def fail(error: BaseException, status: int) -> NoReturn:
+def fail(message: str, status: int) -> NoReturn:
     """Print ``error: <message>`` on stderr (and into log.txt if it is open) and exit with ``status``."""
-    line = f"error: {one_line(error)}"
+    line = f"error: {message}"
     if isinstance(sys.stdout, Logger):  # the log of the run says why it stopped
         sys.stdout.file.write(line + "\n")
         sys.stdout.file.flush()
@@ -257,6 +258,8 @@ if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
     except (UserError, CLIPLoadError) as e:  # bad input: config, flags, files, weights
-        fail(e, 2)
+        fail(one_line(e), 2)
     except NonFiniteLossError as e:  # the run diverged
-        fail(e, 3)
+        fail(one_line(e), 3)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to resume from the last saved checkpoint", 130)

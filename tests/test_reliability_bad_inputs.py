@@ -51,6 +51,8 @@ def ws(tmp_path_factory):
     shutil.copytree(ws / "trained", truncated)
     best = truncated / MODEL / "model-best.pth.tar"
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    shutil.copytree(ws / "trained", ws / "pointer_dangling")
+    (ws / "pointer_dangling" / MODEL / "model.pth.tar-1").unlink()
     return ws
 
 
@@ -162,7 +164,12 @@ CASES = {
          "shape mismatch (checkpoint vs model): prompt_learner.cross_prompts_text.0 (8, 64) vs (4, 64)"]),
     "checkpoint from another configuration (--resume)": (
         lambda ws, out: base_args(ws, out, flags=["--resume", ws / "trained"], opts=["TRAINER.HICROPL.N_CTX", "4"]),
-        None, ["error: checkpoint does not match this HiCroPL model", "(8, 64) vs (4, 64)"]),
+        None, ["error: cannot resume from ", "trained/VLPromptLearner/model.pth.tar-1: ",
+               "checkpoint does not match this HiCroPL model", "(8, 64) vs (4, 64)", "new --output-dir"]),
+    "resume pointer names a missing checkpoint": (
+        lambda ws, out: base_args(ws, out, flags=["--resume", ws / "pointer_dangling"]), None,
+        ["error: cannot resume: ", "pointer_dangling/VLPromptLearner/checkpoint names 'model.pth.tar-1', which is "
+         "not a file", "delete "]),
     "checkpoint truncated": (
         lambda ws, out: base_args(ws, out, flags=["--eval-only", "--model-dir", ws / "truncated"]), None,
         ["error: cannot read checkpoint ", "truncated/VLPromptLearner/model-best.pth.tar",

@@ -167,16 +167,26 @@ def restore_from_checkpoint(
     that can rebuild its lr from an epoch count (``EpochLRScheduler``) and is handed a state it does not
     understand (the original Dassl's pickled warm-up wrapper) is set to the checkpoint's epoch instead.
     """
-    with open(osp.join(fdir, "checkpoint"), "r") as f:
-        model_name = f.readlines()[0].strip("\n")
+    pointer = osp.join(fdir, "checkpoint")
+    with open(pointer, "r") as f:
+        model_name = f.readline().strip("\n")
     fpath = osp.join(fdir, model_name)
+    if not model_name or not osp.isfile(fpath):
+        raise UserError(f"cannot resume: {pointer} names {model_name!r}, which is not a file in {fdir}; put the "
+                        f"file back, or delete {pointer} to train from scratch")
     print(f'Loading checkpoint from "{fpath}"')
     checkpoint = load_checkpoint(fpath)
-    model.load_state_dict(checkpoint["state_dict"])
-    print("Loaded model weights")
-    if optimizer is not None and checkpoint.get("optimizer") is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        print("Loaded optimizer")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+        print("Loaded model weights")
+        if optimizer is not None and checkpoint.get("optimizer") is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            print("Loaded optimizer")
+    except (RuntimeError, ValueError) as e:  # UserError is a ValueError; torch's mismatch errors are multi-line
+        raise UserError(
+            f"cannot resume from {fpath}: {' '.join(str(e).split())}; it was written by another configuration "
+            "(train into a new --output-dir to start over)"
+        ) from None
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         state = checkpoint["scheduler"]
         if hasattr(scheduler, "owns_state") and not scheduler.owns_state(state):
