@@ -250,7 +250,9 @@ def test_logits_and_loss_match_spec(tiny, frozen_text, images):
     logits, loss, consistency, eq5 = ref_forward(model, tiny, *images, text, visual, lambd=7.0)
     with torch.no_grad():
         torch.testing.assert_close(model(images[0]), logits, atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(model(*images), loss, atol=1e-5, rtol=1e-5)
+        total, terms = model(*images, return_terms=True)
+    torch.testing.assert_close(total, loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms["text_consistency"] + terms["image_consistency"], consistency, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(consistency, eq5, atol=1e-6, rtol=1e-6)  # code form == paper Eq. 5
 
 

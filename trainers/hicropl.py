@@ -486,16 +486,18 @@ def hicropl_loss(
     text_features: torch.Tensor,
     frozen_text: torch.Tensor,
     lambd: float,
-) -> torch.Tensor:
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """SPEC §4.3: CE + lambda * [(1 - mean_c cos(f_txt_c, W_c)) + (1 - mean_b cos(f_img_b, V_b))], in float32.
 
     logits (B, n_cls), labels (B,), image_features f_img (B, d), teacher_features V (B, d), text_features f_txt
     (n_cls, d), frozen_text W (n_cls, d). The text term averages over all classes, the image term over the batch.
+    Returns the total and its terms {"ce", "text_consistency", "image_consistency"}.
     """
     ce = F.cross_entropy(logits.float(), labels)
     text_term = 1 - F.cosine_similarity(text_features.float(), frozen_text.float(), dim=-1, eps=1e-7).mean()
     image_term = 1 - F.cosine_similarity(image_features.float(), teacher_features.float(), dim=-1, eps=1e-7).mean()
-    return ce + lambd * (text_term + image_term)
+    terms = {"ce": ce, "text_consistency": text_term, "image_consistency": image_term}
+    return ce + lambd * (text_term + image_term), terms
 
 
 class CustomCLIP(nn.Module):
@@ -576,12 +578,14 @@ class CustomCLIP(nn.Module):
             logits = self.clip_model.logit_scale.exp() * image_features @ text_features.t()
         return logits.float(), image_features, teacher, text_features
 
-    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Training (label given): the scalar loss of SPEC §4.3. Otherwise: logits (B, n_cls) float32."""
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False):
+        """With ``label``: the scalar loss of SPEC §4.3 (and its terms if ``return_terms``); without: logits
+        (B, n_cls) float32."""
         logits, image_features, teacher, text_features = self.forward_features(image)
         if label is None:
             return logits
-        return hicropl_loss(logits, label, image_features, teacher, text_features, self.frozen_text, self.lambd)
+        loss, terms = hicropl_loss(logits, label, image_features, teacher, text_features, self.frozen_text, self.lambd)
+        return (loss, terms) if return_terms else loss
 
     # --- checkpoints -------------------------------------------------------------------------------------------------
 
@@ -686,12 +690,13 @@ class HiCroPL(TrainerX):
 
     def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)
-        loss = self.model(image, label)
+        loss, terms = self.model(image, label, return_terms=True)
+        self.detect_anomaly(loss, terms)  # before any update: a NaN stops training with intact checkpoints
+        self.optim.zero_grad()
         if self.scaler is None:
-            self.model_backward_and_update(loss)
+            loss.backward()
+            self.optim.step()
         else:
-            self.detect_anomaly(loss)
-            self.optim.zero_grad()
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optim)
             self.scaler.update()
