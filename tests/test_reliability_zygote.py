@@ -164,9 +164,9 @@ class Child:
         with open(self.stdout_path, errors="replace") as f:
             return f.read()
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
         try:
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(self.pid, sig)
         except ProcessLookupError:
             pass
 

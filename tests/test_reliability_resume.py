@@ -1,0 +1,188 @@
+"""Kill anywhere, resume, get the same result; same seed, same result; a NaN loss stops with one line.
+
+Every run is ``train.py`` (HiCroPL, ``random:tiny`` CLIP, ToyShapes base classes, 8 shots, batch 8 -> 5 batches per
+epoch, 3 epochs, a checkpoint every epoch, fp32, CPU) in a child process (see test_reliability_zygote.py). The
+independent expectation is the uninterrupted run with the same command: a run SIGKILLed at any point -- while
+building, mid-epoch, half-way through writing a checkpoint, between writing a temp file and renaming it, while
+writing results.json -- and restarted with the same command must end with the same results.json (every record,
+config included), the same learned prompts, only loadable checkpoints and no stray temp files.
+"""
+import json
+import os
+import random
+import re
+import signal
+import time
+
+import pytest
+import torch
+
+from test_reliability_zygote import message_lines, wait_for, zygote
+
+MODEL = "VLPromptLearner"
+EPOCHS, BATCHES = 3, 5
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return tmp_path_factory.mktemp("resume")
+
+
+def env(ws):
+    return {"HICROPL_OFFLINE": "1", "CLIP_CACHE_DIR": str(ws / "clip"), "HICROPL_CACHE_DIR": str(ws / "cache")}
+
+
+def command(ws, out, seed=1, epochs=EPOCHS):
+    return [
+        "--root", ws / "data", "--seed", seed, "--trainer", "HiCroPL",
+        "--dataset-config-file", "configs/datasets/toy_shapes.yaml",
+        "--config-file", "configs/trainers/HiCroPL/demo_tiny.yaml", "--output-dir", out,
+        "DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "base", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
+        "OPTIM.MAX_EPOCH", epochs, "TRAIN.CHECKPOINT_FREQ", "1", "TRAIN.PRINT_FREQ", "1",
+        "TRAINER.HICROPL.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0",
+    ]
+
+
+def train(ws, out, **kwargs):
+    result = zygote().run(command(ws, out, **kwargs), str(ws / "logs"), env=env(ws))
+    assert result.rc == 0, result.stderr[-3000:]
+    return result
+
+
+def results(out):
+    """results.json with the output dir replaced by a placeholder (the only thing allowed to differ)."""
+    return json.loads((out / "results.json").read_text().replace(str(out), "<OUT>"))
+
+
+def learned(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_learning(a, b):
+    """Same final results.json, and the same prompts in the best and in the last checkpoint."""
+    assert results(a) == results(b)
+    for name in ("model-best.pth.tar", f"model.pth.tar-{EPOCHS}"):
+        x, y = learned(a / MODEL / name), learned(b / MODEL / name)
+        assert x["epoch"] == y["epoch"] and list(x["state_dict"]) == list(y["state_dict"])
+        for key in x["state_dict"]:
+            assert torch.equal(x["state_dict"][key], y["state_dict"][key]), (name, key)
+
+
+def temp_files(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.is_file())
+
+
+def assert_checkpoints_load(out):
+    """Every checkpoint on disk loads with weights_only=True; the resume pointer names one of them."""
+    folder = out / MODEL
+    if not folder.exists():
+        return
+    for path in folder.iterdir():
+        if path.name.startswith("model"):
+            checkpoint = learned(path)
+            assert set(checkpoint) >= {"state_dict", "epoch", "optimizer", "scheduler", "rng_state"}, path
+    if (folder / "checkpoint").exists():
+        assert (folder / (folder / "checkpoint").read_text().strip()).is_file()
+
+
+@pytest.fixture(scope="module")
+def reference(ws):
+    """The uninterrupted run (also generates the ToyShapes images, the few-shot split and the W cache)."""
+    out = ws / "reference"
+    train(ws, out)
+    return out
+
+
+def test_same_seed_twice_gives_identical_results_and_prompts(ws, reference):
+    again = ws / "again"
+    train(ws, again)
+    assert_same_learning(reference, again)
+    assert [r["split"] for r in results(again)["evaluations"]] == ["val"] * EPOCHS + ["test"]
+    # The comparison can see a difference: another seed learns other prompts.
+    other = ws / "other_seed"
+    train(ws, other, seed=2, epochs=1)
+    a = learned(reference / MODEL / "model.pth.tar-1")["state_dict"]
+    b = learned(other / MODEL / "model.pth.tar-1")["state_dict"]
+    assert any(not torch.equal(a[key], b[key]) for key in a)
+
+
+def test_killed_anywhere_and_resumed_gives_the_uninterrupted_result(ws, reference):
+    out = ws / "killed"
+    args = command(ws, out)
+    z = zygote()
+    rng = random.Random(9)
+
+    def run(faults=(), kill_after_line=None, kill_after_s=None, expect_killed=True, sig=signal.SIGKILL):
+        child = z.spawn(args, str(ws / "logs"), env=env(ws), faults=list(faults))
+        if kill_after_line is not None:
+            wait_for(lambda: kill_after_line in child.stdout(), timeout=120, what=kill_after_line)
+            child.kill(sig)
+        elif kill_after_s is not None:
+            time.sleep(kill_after_s)
+            child.kill(sig)
+        result = child.wait()
+        if expect_killed:
+            assert result.rc == (-9 if sig == signal.SIGKILL else 130), (faults, result.rc, result.stderr[-2000:])
+        else:
+            assert result.rc in (0, -9), result.stderr[-2000:]
+        assert_checkpoints_load(out)
+        return result
+
+    # While building (or wherever a seeded delay lands).
+    run(kill_after_s=rng.uniform(0.05, 0.6), expect_killed=False)
+    # Half-way through writing the temp file of the first epoch's checkpoint.
+    run([{"kind": "kill_in_save", "name": "model.pth.tar-1", "nth": 1}])
+    assert temp_files(out), "the fault should have left a half-written temp file"
+    # Mid-epoch 2, by Ctrl-C: one line that says how to go on.
+    interrupted = run(kill_after_line=f"epoch [2/{EPOCHS}] batch [2/{BATCHES}]", sig=signal.SIGINT)
+    assert message_lines(interrupted.stderr) == [
+        "error: interrupted; run the same command again to resume from the last saved checkpoint"
+    ]
+    # Mid-epoch 2.
+    run(kill_after_line=f"epoch [2/{EPOCHS}] batch [3/{BATCHES}]")
+    # Epoch 2's checkpoint fully written to its temp file, not yet renamed.
+    run([{"kind": "kill_before_replace", "name": "model.pth.tar-2", "nth": 1}])
+    # While writing the pointer to the newest checkpoint, after epoch 3's checkpoint file is in place.
+    run([{"kind": "kill_before_replace", "name": "checkpoint", "nth": 2}], expect_killed=False)
+    # While writing results.json at the final test (its last write).
+    log = run([{"kind": "kill_before_replace", "name": "results.json", "nth": 2}], expect_killed=False)
+    assert "Found checkpoint at" in log.stdout
+    # Random points of a resumed run.
+    for _ in range(2):
+        run(kill_after_s=rng.uniform(0.2, 1.5), expect_killed=False)
+    final = run(expect_killed=False)
+    assert final.rc == 0, final.stderr[-3000:]
+
+    assert_same_learning(reference, out)
+    assert temp_files(out) == []  # stale temp files of killed runs are cleaned up on resume
+    assert not (out / "results.json.corrupt").exists()
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(ws, reference):
+    out = ws / "nan"
+    fault = {"kind": "nan_input", "trainer": "HiCroPL", "epoch": 2, "batch": 3}
+    result = zygote().run(command(ws, out), str(ws / "logs"), env=env(ws), faults=[fault])
+    assert result.rc == 3, result.stderr[-3000:]
+    lines = message_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    match = re.fullmatch(
+        rf"error: Loss is infinite or NaN at epoch 2/{EPOCHS}, batch 3/{BATCHES}: loss=nan \((.+)\); (.+)", lines[0]
+    )
+    assert match, lines[0]
+    terms = dict(term.split("=") for term in match.group(1).split(", "))
+    assert list(terms) == ["ce", "text_consistency", "image_consistency"]  # the loss of SPEC §4.3, term by term
+    assert terms["ce"] == "nan" and terms["image_consistency"] == "nan"  # NaN images -> NaN image features
+    assert float(terms["text_consistency"]) >= 0  # the text side never sees the images
+    assert (out / "log.txt").read_text().splitlines()[-1] == lines[0]  # the log says why the run stopped
+
+    # Nothing after epoch 1 was written, and what was written is the reference's epoch-1 state.
+    assert sorted(p.name for p in (out / MODEL).iterdir()) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-1"]
+    assert (out / MODEL / "checkpoint").read_text().strip() == "model.pth.tar-1"
+    for name in ("model.pth.tar-1",):
+        a, b = learned(out / MODEL / name), learned(reference / MODEL / name)
+        for key in a["state_dict"]:
+            assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert temp_files(out) == []
+    # The last good checkpoint is a working resume point: without the fault the run ends like the reference.
+    train(ws, out)
+    assert_same_learning(reference, out)
