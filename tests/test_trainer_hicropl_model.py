@@ -252,7 +252,8 @@ def test_logits_and_loss_match_spec(tiny, frozen_text, images):
         torch.testing.assert_close(model(images[0]), logits, atol=1e-4, rtol=1e-5)
         total, terms = model(*images, return_terms=True)
     torch.testing.assert_close(total, loss, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(terms["text_consistency"] + terms["image_consistency"], consistency, atol=1e-6, rtol=1e-5)
+    consistency_terms = terms["text_consistency"] + terms["image_consistency"]
+    torch.testing.assert_close(consistency_terms, consistency, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(consistency, eq5, atol=1e-6, rtol=1e-6)  # code form == paper Eq. 5
 
 
