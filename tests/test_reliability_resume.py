@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from test_reliability_zygote import message_lines, wait_for, zygote
+from test_reliability_zygote import message_lines, zygote
 
 MODEL = "VLPromptLearner"
 EPOCHS, BATCHES = 3, 5
@@ -115,7 +115,7 @@ def test_killed_anywhere_and_resumed_gives_the_uninterrupted_result(ws, referenc
     def run(faults=(), kill_after_line=None, kill_after_s=None, expect_killed=True, sig=signal.SIGKILL):
         child = z.spawn(args, str(ws / "logs"), env=env(ws), faults=list(faults))
         if kill_after_line is not None:
-            wait_for(lambda: kill_after_line in child.stdout(), timeout=120, what=kill_after_line)
+            child.wait_until(lambda: kill_after_line in child.stdout(), what=kill_after_line)
             child.kill(sig)
         elif kill_after_s is not None:
             time.sleep(kill_after_s)
@@ -186,3 +186,24 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(ws, ref
     # The last good checkpoint is a working resume point: without the fault the run ends like the reference.
     train(ws, out)
     assert_same_learning(reference, out)
+
+
+def test_killed_while_generating_the_dataset(ws, reference):
+    """ToyShapes is generated into a temp folder and renamed: a kill mid-generation leaves no half dataset behind,
+    and the next run generates the same dataset as an uninterrupted one (split file and images byte-identical)."""
+    root = ws / "fresh_root"
+    args = ["--no-train"] + command(ws, ws / "gen_out")
+    args[args.index("--root") + 1] = root
+    # Killed while drawing the 200th of 440 images.
+    fault = {"kind": "kill_at_call", "function": "datasets.toy_shapes.draw_shape", "nth": 200}
+    assert zygote().run(args, str(ws / "logs"), env=env(ws), faults=[fault]).rc == -9
+    assert [p.name.startswith(".toy_shapes-") for p in root.iterdir()] == [True]  # only the half-drawn temp folder
+    assert not (root / "toy_shapes").exists()  # nothing half-generated under the real name
+
+    result = zygote().run(args, str(ws / "logs"), env=env(ws))
+    assert result.rc == 0, result.stderr[-3000:]
+    generated, expected = root / "toy_shapes", ws / "data" / "toy_shapes"
+    assert (generated / "split_toy_shapes.json").read_bytes() == (expected / "split_toy_shapes.json").read_bytes()
+    images = sorted(p.relative_to(generated) for p in (generated / "images").rglob("*.png"))
+    assert images == sorted(p.relative_to(expected) for p in (expected / "images").rglob("*.png"))
+    assert all((generated / p).read_bytes() == (expected / p).read_bytes() for p in images)

@@ -13,6 +13,7 @@ Fault injection (test code applied inside the child before train.py runs; the co
                                                        writes half of its bytes, then the process SIGKILLs itself
   {"kind": "kill_before_replace", "name": N, "nth": k} the k-th ``os.replace(tmp, .../N)`` SIGKILLs the process
                                                        before renaming (the temp file is complete)
+  {"kind": "kill_at_call", "function": "pkg.mod.f", "nth": k}  the k-th call of module attribute f SIGKILLs
   {"kind": "nan_input", "trainer": T, "epoch": e, "batch": b}   trainer T sees NaN images at 1-based (e, b)
 """
 import json
@@ -31,7 +32,7 @@ TRAIN_PY = osp.join(REPO, "train.py")
 
 # The zygote: imports once, then serves {"op": "spawn" | "wait", ...} requests, one JSON line each way.
 ZYGOTE = r'''
-import io, json, os, runpy, signal, sys, time, traceback
+import importlib, io, json, os, runpy, signal, sys, time, traceback
 REPO, TRAIN_PY = sys.argv[1], sys.argv[2]
 sys.path.insert(0, REPO)
 import torch
@@ -77,6 +78,14 @@ def install_faults(faults):
                     die()
                 return _real(src, dst, *args, **kwargs)
             os.replace = replace
+        elif kind == "kill_at_call":
+            module_name, attr = fault["function"].rsplit(".", 1)
+            module = importlib.import_module(module_name)
+            def at_call(*args, _fault=fault, _real=getattr(module, attr), **kwargs):
+                if hit(_fault):
+                    die()
+                return _real(*args, **kwargs)
+            setattr(module, attr, at_call)
         elif kind == "nan_input":
             from dassl.engine import TRAINER_REGISTRY
             cls = TRAINER_REGISTRY.get(fault["trainer"])
@@ -163,6 +172,21 @@ class Child:
     def stdout(self) -> str:
         with open(self.stdout_path, errors="replace") as f:
             return f.read()
+
+    def finished(self) -> bool:
+        """True once the process has exited (a zombie until the zygote reaps it)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    def wait_until(self, predicate, what: str, timeout: float = 120) -> None:
+        """Poll ``predicate`` until it holds; fail at once (with the run's stderr) if the process ends first."""
+        wait_for(lambda: predicate() or self.finished(), timeout=timeout, what=what)
+        if not predicate():
+            with open(self.stderr_path, errors="replace") as f:
+                raise AssertionError(f"train.py ended before {what}:\n{f.read()[-3000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         try:
