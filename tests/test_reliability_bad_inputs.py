@@ -156,7 +156,8 @@ CASES = {
         ["error: --model-dir ", "empty holds no checkpoints"]),
     "--load-epoch that was not saved": (
         lambda ws, out: base_args(ws, out, flags=["--eval-only", "--model-dir", ws / "trained", "--load-epoch", "7"]),
-        None, ["error: --model-dir ", "has no <model name>/model.pth.tar-7; it has model-best.pth.tar, model.pth.tar-1"]),
+        None, ["error: --model-dir ", "has no <model name>/model.pth.tar-7; ",
+               "it has model-best.pth.tar, model.pth.tar-1"]),
     "checkpoint from another configuration (--eval-only)": (
         lambda ws, out: base_args(ws, out, flags=["--eval-only", "--model-dir", ws / "trained"],
                                   opts=["TRAINER.HICROPL.N_CTX", "4"]), None,

@@ -2,13 +2,13 @@
 
 Every run is ``train.py`` (HiCroPL, ``random:tiny`` CLIP, ToyShapes base classes, 8 shots, batch 8 -> 5 batches per
 epoch, 3 epochs, a checkpoint every epoch, fp32, CPU) in a child process (see test_reliability_zygote.py). The
-independent expectation is the uninterrupted run with the same command: a run SIGKILLed at any point -- while
-building, mid-epoch, half-way through writing a checkpoint, between writing a temp file and renaming it, while
-writing results.json -- and restarted with the same command must end with the same results.json (every record,
-config included), the same learned prompts, only loadable checkpoints and no stray temp files.
+independent expectation is the uninterrupted run with the same command: a run SIGKILLed at any point -- at seeded
+random times, mid-epoch, half-way through writing a checkpoint, between writing a temp file and renaming it, while
+writing results.json, while generating the dataset -- or stopped by Ctrl-C, and restarted with the same command,
+must end with the same results.json (every record, config included), the same learned prompts, only loadable
+checkpoints (``weights_only=True``) and no stray temp files.
 """
 import json
-import os
 import random
 import re
 import signal
@@ -106,56 +106,63 @@ def test_same_seed_twice_gives_identical_results_and_prompts(ws, reference):
     assert any(not torch.equal(a[key], b[key]) for key in a)
 
 
+def run_and_kill(ws, out, faults=(), kill_after_line=None, kill_after_s=None, sig=signal.SIGKILL,
+                 expect_killed=True):
+    """Run the command into ``out`` (resuming what is there), stop it as asked; check every checkpoint still loads."""
+    child = zygote().spawn(command(ws, out), str(ws / "logs"), env=env(ws), faults=list(faults))
+    if kill_after_line is not None:
+        child.wait_until(lambda: kill_after_line in child.stdout(), what=kill_after_line)
+        child.kill(sig)
+    elif kill_after_s is not None:
+        time.sleep(kill_after_s)
+        child.kill(sig)
+    result = child.wait()
+    if expect_killed:
+        assert result.rc == (-9 if sig == signal.SIGKILL else 130), (faults, result.rc, result.stderr[-2000:])
+    else:
+        assert result.rc in (0, -9), result.stderr[-2000:]
+    assert_checkpoints_load(out)
+    return result
+
+
 def test_killed_anywhere_and_resumed_gives_the_uninterrupted_result(ws, reference):
     out = ws / "killed"
-    args = command(ws, out)
-    z = zygote()
-    rng = random.Random(9)
-
-    def run(faults=(), kill_after_line=None, kill_after_s=None, expect_killed=True, sig=signal.SIGKILL):
-        child = z.spawn(args, str(ws / "logs"), env=env(ws), faults=list(faults))
-        if kill_after_line is not None:
-            child.wait_until(lambda: kill_after_line in child.stdout(), what=kill_after_line)
-            child.kill(sig)
-        elif kill_after_s is not None:
-            time.sleep(kill_after_s)
-            child.kill(sig)
-        result = child.wait()
-        if expect_killed:
-            assert result.rc == (-9 if sig == signal.SIGKILL else 130), (faults, result.rc, result.stderr[-2000:])
-        else:
-            assert result.rc in (0, -9), result.stderr[-2000:]
-        assert_checkpoints_load(out)
-        return result
-
-    # While building (or wherever a seeded delay lands).
-    run(kill_after_s=rng.uniform(0.05, 0.6), expect_killed=False)
+    # Each kill below is sure to land (the run still has that point ahead of it), whatever the val accuracies.
     # Half-way through writing the temp file of the first epoch's checkpoint.
-    run([{"kind": "kill_in_save", "name": "model.pth.tar-1", "nth": 1}])
+    run_and_kill(ws, out, [{"kind": "kill_in_save", "name": "model.pth.tar-1", "nth": 1}])
     assert temp_files(out), "the fault should have left a half-written temp file"
     # Mid-epoch 2, by Ctrl-C: one line that says how to go on.
-    interrupted = run(kill_after_line=f"epoch [2/{EPOCHS}] batch [2/{BATCHES}]", sig=signal.SIGINT)
+    interrupted = run_and_kill(ws, out, kill_after_line=f"epoch [2/{EPOCHS}] batch [2/{BATCHES}]", sig=signal.SIGINT)
     assert message_lines(interrupted.stderr) == [
         "error: interrupted; run the same command again to resume from the last saved checkpoint"
     ]
     # Mid-epoch 2.
-    run(kill_after_line=f"epoch [2/{EPOCHS}] batch [3/{BATCHES}]")
+    run_and_kill(ws, out, kill_after_line=f"epoch [2/{EPOCHS}] batch [3/{BATCHES}]")
     # Epoch 2's checkpoint fully written to its temp file, not yet renamed.
-    run([{"kind": "kill_before_replace", "name": "model.pth.tar-2", "nth": 1}])
-    # While writing the pointer to the newest checkpoint, after epoch 3's checkpoint file is in place.
-    run([{"kind": "kill_before_replace", "name": "checkpoint", "nth": 2}], expect_killed=False)
-    # While writing results.json at the final test (its last write).
-    log = run([{"kind": "kill_before_replace", "name": "results.json", "nth": 2}], expect_killed=False)
+    run_and_kill(ws, out, [{"kind": "kill_before_replace", "name": "model.pth.tar-2", "nth": 1}])
+    # A checkpoint renamed into place, the resume pointer not yet updated to name it.
+    run_and_kill(ws, out, [{"kind": "kill_before_replace", "name": "checkpoint", "nth": 1}])
+    # While writing results.json: a val record, then the final test record.
+    run_and_kill(ws, out, [{"kind": "kill_before_replace", "name": "results.json", "nth": 1}])
+    log = run_and_kill(ws, out, [{"kind": "kill_before_replace", "name": "results.json", "nth": 1,
+                                  "when_stdout_contains": "Evaluate on the *test* set"}])
     assert "Found checkpoint at" in log.stdout
-    # Random points of a resumed run.
-    for _ in range(2):
-        run(kill_after_s=rng.uniform(0.2, 1.5), expect_killed=False)
-    final = run(expect_killed=False)
+    final = run_and_kill(ws, out, expect_killed=False)
     assert final.rc == 0, final.stderr[-3000:]
-
     assert_same_learning(reference, out)
     assert temp_files(out) == []  # stale temp files of killed runs are cleaned up on resume
-    assert not (out / "results.json.corrupt").exists()
+
+
+def test_killed_at_random_points_and_resumed_gives_the_uninterrupted_result(ws, reference):
+    """Killed wherever seeded random delays after the start land (building, training, saving, testing)."""
+    out = ws / "killed_at_random"
+    rng = random.Random(9)
+    for _ in range(3):
+        run_and_kill(ws, out, kill_after_s=rng.uniform(0.3, 2.5), expect_killed=False)
+    final = run_and_kill(ws, out, expect_killed=False)
+    assert final.rc == 0, final.stderr[-3000:]
+    assert_same_learning(reference, out)
+    assert temp_files(out) == []
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(ws, reference):

@@ -14,6 +14,7 @@ Fault injection (test code applied inside the child before train.py runs; the co
   {"kind": "kill_before_replace", "name": N, "nth": k} the k-th ``os.replace(tmp, .../N)`` SIGKILLs the process
                                                        before renaming (the temp file is complete)
   {"kind": "kill_at_call", "function": "pkg.mod.f", "nth": k}  the k-th call of module attribute f SIGKILLs
+  "when_stdout_contains": S (any kill fault)           count only calls made after the run printed S
   {"kind": "nan_input", "trainer": T, "epoch": e, "batch": b}   trainer T sees NaN images at 1-based (e, b)
 """
 import json
@@ -40,10 +41,15 @@ torch.set_num_threads(1)
 import train  # noqa: F401  (warm the imports: torch, torchvision, clip, dassl, datasets, trainers)
 
 
-def install_faults(faults):
+def install_faults(faults, stdout_path):
     counts = {}
 
     def hit(fault):
+        if "when_stdout_contains" in fault:
+            sys.stdout.flush()
+            with open(stdout_path, errors="replace") as f:
+                if fault["when_stdout_contains"] not in f.read():
+                    return False
         key = id(fault)
         counts[key] = counts.get(key, 0) + 1
         return counts[key] == fault.get("nth", 1)
@@ -112,7 +118,7 @@ def child(req):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.dup2(fd, target)
         os.close(fd)
-    install_faults(req["faults"])
+    install_faults(req["faults"], req["stdout"])
     sys.argv = [TRAIN_PY] + req["args"]
     code = 0
     try:
