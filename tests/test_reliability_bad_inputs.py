@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_reliability_zygote import message_lines, zygote
 
@@ -234,3 +235,16 @@ def test_bad_input_fails_fast_with_one_line(ws, case):
         left = {p.name for p in out.iterdir()}
         assert left <= (TRAINING_LOGS if case in STARTED_TRAINING else LOGS), left
         assert (out / "log.txt").read_text().splitlines()[-1] == lines[0]
+
+
+def test_damaged_text_feature_cache_is_recomputed(ws):
+    """Not an input error: a damaged cache of the frozen text features W is rebuilt, with a note, to the same W."""
+    (cached,) = (ws / "cache" / "text_features").glob("*.pt")
+    expected = torch.load(cached, weights_only=True)
+    cached.write_bytes(cached.read_bytes()[:100])
+    result = zygote().run(["--no-train"] + base_args(ws, ws / "out" / "damaged_cache"), str(ws / "logs"),
+                          env=env(ws))
+    assert result.rc == 0, result.stderr[-3000:]
+    assert f"Frozen text features W: the cache {cached} cannot be read" in result.stdout
+    assert torch.equal(torch.load(cached, weights_only=True), expected)
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temp file left

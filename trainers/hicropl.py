@@ -165,16 +165,24 @@ def frozen_text_features(clip_model: CLIP, sentences: Sequence[Sequence[str]]) -
 
     The sentence lists are the description-file content for the current class list in label order, so the key
     changes with the backbone, the file or the classes. Writes are atomic (temp file + rename); a cache that cannot
-    be written only costs a recomputation next time.
+    be written only costs a recomputation next time; an unreadable one (damaged on disk) is recomputed and replaced.
     """
     digest = hashlib.sha256(_text_tower_digest(clip_model).encode())
     digest.update(json.dumps([list(group) for group in sentences]).encode())
     path = cache_dir() / "text_features" / f"{digest.hexdigest()}.pt"
     device = clip_model.token_embedding.weight.device
     if path.is_file():
-        print(f"Frozen text features W: loaded from {path}")
-        return torch.load(path, map_location=device, weights_only=True)
+        try:
+            weights = torch.load(path, map_location=device, weights_only=True)
+            if isinstance(weights, torch.Tensor) and weights.shape == (len(sentences), clip_model.embed_dim):
+                print(f"Frozen text features W: loaded from {path}")
+                return weights
+            problem = "holds no (n_cls, d) tensor"
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            problem = f"cannot be read ({type(e).__name__})"
+        print(f"Frozen text features W: the cache {path} {problem}; recomputing it")
     weights = encode_descriptions(clip_model, sentences)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -182,8 +190,11 @@ def frozen_text_features(clip_model: CLIP, sentences: Sequence[Sequence[str]]) -
             torch.save(weights.cpu(), f)
         os.replace(tmp, path)
         print(f"Frozen text features W: {sum(map(len, sentences))} sentences encoded, cached at {path}")
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer on a full disk
         print(f"Frozen text features W: could not write the cache {path} ({e}); continuing without it")
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
     return weights
 
 
