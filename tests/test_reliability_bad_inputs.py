@@ -162,8 +162,8 @@ CASES = {
     "checkpoint from another configuration (--eval-only)": (
         lambda ws, out: base_args(ws, out, flags=["--eval-only", "--model-dir", ws / "trained"],
                                   opts=["TRAINER.HICROPL.N_CTX", "4"]), None,
-        ["error: checkpoint does not match this HiCroPL model",
-         "shape mismatch (checkpoint vs model): prompt_learner.cross_prompts_text.0 (8, 64) vs (4, 64)"]),
+        ["error: cannot load ", "trained/VLPromptLearner/model-best.pth.tar: checkpoint does not match this HiCroPL "
+         "model", "shape mismatch (checkpoint vs model): prompt_learner.cross_prompts_text.0 (8, 64) vs (4, 64)"]),
     "checkpoint from another configuration (--resume)": (
         lambda ws, out: base_args(ws, out, flags=["--resume", ws / "trained"], opts=["TRAINER.HICROPL.N_CTX", "4"]),
         None, ["error: cannot resume from ", "trained/VLPromptLearner/model.pth.tar-1: ",

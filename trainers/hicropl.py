@@ -523,6 +523,11 @@ class CustomCLIP(nn.Module):
     are cached until the module returns to train mode or a state dict is loaded.
     """
 
+    # Eval-mode cache of the prompts and class features (the text side does not depend on the images). False
+    # recomputes them for every batch, as the released code does (the naive path of scripts/benchmark.py): same
+    # logits for the first batch, but in MAPPER_MODE released every extra call re-maps the prompts in place.
+    cache_eval_text: bool = True
+
     def __init__(
         self,
         cfg: CfgNode,
@@ -571,12 +576,12 @@ class CustomCLIP(nn.Module):
 
     def prompts_and_text_features(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """(visual prompts [J x (m, D_v)], f_txt (n_cls, d)); computed once per evaluation in eval mode."""
-        if not self.training and self._eval_cache is not None:
+        if not self.training and self.cache_eval_text and self._eval_cache is not None:
             return self._eval_cache
         text_prompts, visual_prompts = self.prompt_learner()
         class_features = self.clip_model.encode_text(self.prompt_learner.tokenized_prompts, text_prompts)  # W_p
         text_features = fuse(class_features, self.frozen_text)
-        if not self.training:
+        if not self.training and self.cache_eval_text:
             self._eval_cache = ([p.detach() for p in visual_prompts], text_features.detach())
         return visual_prompts, text_features
 
@@ -734,4 +739,7 @@ class HiCroPL(TrainerX):
             checkpoint = read_checkpoint(path)
             state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
-            self._models[name].load_state_dict(state_dict)
+            try:
+                self._models[name].load_state_dict(state_dict)
+            except UserError as e:  # say which file does not match
+                raise UserError(f"cannot load {path}: {e}") from None
