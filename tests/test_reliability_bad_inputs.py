@@ -68,7 +68,7 @@ def base_args(ws, out, root=None, dataset="toy_shapes", flags=(), opts=()):
         "--dataset-config-file", f"configs/datasets/{dataset}.yaml",
         "--config-file", "configs/trainers/HiCroPL/demo_tiny.yaml", "--output-dir", out, *flags,
         "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
-        "TRAINER.HICROPL.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0", *opts,
+        "TRAINER.HICROPL.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", "False", *opts,
     ]
 
 

@@ -9,6 +9,7 @@ must end with the same results.json (every record, config included), the same le
 checkpoints (``weights_only=True``) and no stray temp files.
 """
 import json
+import os
 import random
 import re
 import signal
@@ -32,6 +33,11 @@ def env(ws):
     return {"HICROPL_OFFLINE": "1", "CLIP_CACHE_DIR": str(ws / "clip"), "HICROPL_CACHE_DIR": str(ws / "cache")}
 
 
+# CPU and fp32 (what the test suite runs); HICROPL_TEST_CUDA=1 and HICROPL_TEST_PREC run the same checks on a GPU.
+USE_CUDA = os.environ.get("HICROPL_TEST_CUDA", "0") == "1"
+PREC = os.environ.get("HICROPL_TEST_PREC", "fp32")
+
+
 def command(ws, out, seed=1, epochs=EPOCHS):
     return [
         "--root", ws / "data", "--seed", seed, "--trainer", "HiCroPL",
@@ -39,7 +45,7 @@ def command(ws, out, seed=1, epochs=EPOCHS):
         "--config-file", "configs/trainers/HiCroPL/demo_tiny.yaml", "--output-dir", out,
         "DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "base", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
         "OPTIM.MAX_EPOCH", epochs, "TRAIN.CHECKPOINT_FREQ", "1", "TRAIN.PRINT_FREQ", "1",
-        "TRAINER.HICROPL.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0",
+        "TRAINER.HICROPL.PREC", PREC, "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", str(USE_CUDA),
     ]
 
 
