@@ -21,6 +21,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 Prompts = Optional[Sequence[Optional[torch.Tensor]]]
 
@@ -138,6 +139,11 @@ class Transformer(nn.Module):
     causal: causal attention mask (text tower).
     """
 
+    # Activation checkpointing: while autograd records, keep only each block's input and recompute the block in
+    # backward (less memory, about one more forward of compute). Set on an instance; HiCroPL sets it on the text
+    # tower from TRAINER.HICROPL.TEXT_CHECKPOINTING.
+    checkpointing: bool = False
+
     def __init__(self, width: int, layers: int, heads: int, causal: bool = False,
                  prompt_position: str = "last") -> None:
         super().__init__()
@@ -164,7 +170,10 @@ class Transformer(nn.Module):
         for index, block in enumerate(self.resblocks):
             if prompts is not None and index < len(prompts) and prompts[index] is not None:
                 x = self.replace_prompt_tokens(x, prompts[index])
-            x = block(x)
+            if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x
 
 
@@ -354,6 +363,11 @@ class ModifiedResNet(nn.Module):
 class CLIP(nn.Module):
     """Contrastive image-text model: `encode_image`, `encode_text` and the scaled cosine logits of `forward`."""
 
+    # encode_text computes only the first max(EOT position) + 1 positions (exact, see there). False computes all
+    # context_length positions, as the reference implementation does: same features at several times the cost
+    # (the naive path of scripts/benchmark.py). Set on an instance or on the class.
+    truncate_text: bool = True
+
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
@@ -419,7 +433,7 @@ class CLIP(nn.Module):
         if 1 + n_prompt > self.context_length:
             raise ValueError(f"{n_prompt} text prompt tokens do not fit in the context length {self.context_length}")
         eot = text.argmax(dim=-1)  # EOT has the largest token id
-        length = max(int(eot.max()) + 1, 1 + n_prompt)
+        length = max(int(eot.max()) + 1, 1 + n_prompt) if self.truncate_text else self.context_length
         x = self.token_embedding(text[:, :length]).to(self.dtype)  # (n, length, D_t)
         if n_prompt and prompts[0] is not None:
             x = self.transformer.replace_prompt_tokens(x, prompts[0])

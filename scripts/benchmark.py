@@ -1,0 +1,372 @@
+"""Benchmark HiCroPL: train-step time, evaluation throughput and peak memory, optimised vs naive path.
+
+    python scripts/benchmark.py                                        # random:ViT-B/16, 100 classes, batch 4, fp32
+    python scripts/benchmark.py --classes 1000 --phases eval --eval-batch-size 16 --eval-images 160
+    python scripts/benchmark.py --device cuda --prec fp16 amp bf16 fp32 --classes 100 1000 \\
+        --batch-size 32 --eval-batch-size 500 --out bench.json
+
+What is measured, per (class count, precision, path):
+  train  one optimisation step as ``HiCroPL.forward_backward`` does it: forward (prompt learner, text tower over all
+         classes, prompted and teacher image towers, loss), backward, optimizer step. Median over ``--repeats``
+         steps after ``--warmup`` steps.
+  eval   one full evaluation of N images (``--eval-images``) in batches of ``--eval-batch-size``: eval mode, no
+         grad, logits of every batch, including the once-per-evaluation prompt-learner and text pass. Reported as
+         images/s (median over ``--repeats`` evaluations, after a one-batch warm-up).
+  memory peak resident memory of the process (CPU, read from /proc/self/status VmHWM) or
+         ``torch.cuda.max_memory_allocated`` (CUDA), model weights included. Every measurement runs in a fresh
+         child process (on CUDA one child per path runs both phases, the peak is reset in between).
+Paths:
+  optimised  the library's defaults: the text tower stops at the longest EOT token, the text side runs once per
+             evaluation, the frozen teacher is the backbone's own visual tower.
+  naive      the released code's work: all 77 text positions (``CLIP.truncate_text = False``), the text side per
+             batch (``CustomCLIP.cache_eval_text = False``), a second frozen CLIP as the teacher.
+Both paths compute the same logits. The naive evaluation does the same work for every batch, so its images/s does
+not depend on N: ``--naive-eval-images`` may be smaller than ``--eval-images`` to save time.
+
+Inputs are synthetic: random images, class names "class 0" .. "class n-1" and random unit rows as the frozen
+description features W; no dataset or weights download is needed with a ``random:<arch>`` backbone. Prompt
+settings come from ``--config`` (default: the base-to-novel config, N_CTX 16, depth 12, k 6). The JSON result goes
+to stdout and, atomically, to ``--out`` (rewritten after every measurement, so a cut-off run keeps what it
+measured); progress goes to stderr.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+PATHS = ("optimised", "naive")
+PHASES = ("train", "eval")
+DEFAULT_CONFIG = osp.join(REPO, "configs", "trainers", "HiCroPL", "vit_b16_c2_ep50_batch32_16ctx.yaml")
+
+
+def log(message: str) -> None:
+    print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Child process: one measurement
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def build(job: Dict[str, Any]):
+    """(model, optimizer, grad scaler or None, device) for one job: a CustomCLIP on synthetic classes."""
+    import clip
+    from dassl.optim import build_optimizer
+    from dassl.config import get_cfg_default
+    from train import extend_cfg
+    from trainers.hicropl import CustomCLIP, check_hicropl_cfg
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.merge_from_file(job["config"])
+    cfg.TRAINER.HICROPL.PREC = job["prec"]
+    cfg.TRAINER.HICROPL.MAPPER_MODE = job["mapper_mode"]
+    if job["text_checkpointing"]:
+        cfg.TRAINER.HICROPL.TEXT_CHECKPOINTING = True
+    device = torch.device(job["device"])
+    check_hicropl_cfg(cfg.TRAINER.HICROPL, device=device)
+    naive = job["path"] == "naive"
+
+    torch.manual_seed(0)
+    clip_model, _ = clip.load(job["backbone"], device=device)
+    classnames = [f"class {i}" for i in range(job["classes"])]
+    frozen_text = F.normalize(torch.randn(job["classes"], clip_model.embed_dim, device=device), dim=-1)
+    teacher = clip.load(job["backbone"], device=device)[0] if naive else None
+    model = CustomCLIP(cfg, classnames, clip_model, frozen_text, teacher).to(device)
+    if naive:
+        clip_model.truncate_text = False
+        model.cache_eval_text = False
+    optim = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.OPTIM)
+    scaler = torch.amp.GradScaler(device.type) if model.precision.grad_scaler else None
+    return model, optim, scaler, device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_train(job: Dict[str, Any], model, optim, scaler, device: torch.device) -> Dict[str, Any]:
+    """Median time of one optimisation step (the work of ``HiCroPL.forward_backward``)."""
+    resolution = model.clip_model.visual.input_resolution
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(job["batch_size"], 3, resolution, resolution, generator=generator).to(device)
+    label = torch.randint(0, job["classes"], (job["batch_size"],), generator=generator).to(device)
+    model.train()
+    times = []
+    for step in range(job["warmup"] + job["repeats"]):
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model(image, label)
+        optim.zero_grad()
+        if scaler is None:
+            loss.backward()
+            optim.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        if step >= job["warmup"]:
+            times.append(elapsed)
+        log(f"  train step {step + 1}/{job['warmup'] + job['repeats']}: {elapsed:.3f} s"
+            + (" (warm-up)" if step < job["warmup"] else ""))
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite training loss {loss.item()}")
+    return {"batch_size": job["batch_size"], "step_s": times, "step_s_median": statistics.median(times)}
+
+
+@torch.no_grad()
+def evaluate_once(model, images: torch.Tensor, n_images: int) -> None:
+    """One evaluation of n_images (the batch tensor repeated, the last batch cut short), as ``SimpleTrainer.test``."""
+    model.eval()  # (re)entering eval mode drops the cached text side: every evaluation pays for it once
+    done = 0
+    while done < n_images:
+        batch = images[: n_images - done]
+        model(batch).argmax(dim=1)
+        done += batch.shape[0]
+
+
+def measure_eval(job: Dict[str, Any], model, device: torch.device) -> Dict[str, Any]:
+    """Median images/s over full evaluations of ``eval_images`` images."""
+    resolution = model.clip_model.visual.input_resolution
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(job["eval_batch_size"], 3, resolution, resolution, generator=generator).to(device)
+    n_images = job["eval_images"]
+    evaluate_once(model, images, images.shape[0])  # warm-up: one batch
+    synchronize(device)
+    times = []
+    for repeat in range(job["repeats"]):
+        start = time.perf_counter()
+        evaluate_once(model, images, n_images)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        log(f"  evaluation {repeat + 1}/{job['repeats']}: {n_images} images in {times[-1]:.2f} s "
+            f"({n_images / times[-1]:.2f} images/s)")
+    median = statistics.median(times)
+    return {"images": n_images, "batch_size": job["eval_batch_size"], "eval_s": times, "eval_s_median": median,
+            "images_per_s": n_images / median}
+
+
+def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+    """Build the model and run the job's phases; returns {phase: result} with peak memory per phase."""
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    model, optim, scaler, device = build(job)
+    results: Dict[str, Any] = {}
+    for phase in job["phases"]:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        load_before = load_average()
+        if phase == "train":
+            result = measure_train(job, model, optim, scaler, device)
+            # What training leaves behind (gradients, optimizer state) is no part of an evaluation's memory.
+            optim.state.clear()
+            model.zero_grad(set_to_none=True)
+        else:
+            result = measure_eval(job, model, device)
+        if device.type == "cuda":
+            result.update(peak_memory_bytes=torch.cuda.max_memory_allocated(device), memory="cuda_max_allocated")
+        else:
+            result.update(peak_memory_bytes=peak_rss_bytes(), memory="cpu_peak_rss")
+        result.update(load_average_before=load_before, load_average_after=load_average())
+        results[phase] = result
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parent: plan, spawn children, collect, write JSON
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def spawn(job: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one job in a fresh Python process; its JSON result is the last line of its stdout."""
+    proc = subprocess.run(
+        [sys.executable, osp.abspath(__file__), "--child", json.dumps(job)],
+        stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:  # killed (e.g. out of host memory) or crashed
+        return {"error": f"measurement process exited with status {proc.returncode} (see stderr above)"}
+    return json.loads(lines[-1])
+
+
+def environment(device: str) -> Dict[str, Any]:
+    env: Dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"model name\s*:\s*(.+)", f.read())
+        env["cpu"] = match.group(1).strip() if match else platform.processor()
+    except OSError:
+        env["cpu"] = platform.processor()
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                           check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        env["git_commit"] = None
+    return env
+
+
+def ratios(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (classes, prec): naive/optimised step time, optimised/naive images/s, optimised/naive peak memory."""
+    out = []
+    keyed = {(r["classes"], r["prec"], r["path"]): r for r in results}
+    for (classes, prec, path), opt in keyed.items():
+        naive = keyed.get((classes, prec, "naive"))
+        if path != "optimised" or naive is None:
+            continue
+        entry: Dict[str, Any] = {"classes": classes, "prec": prec}
+        if "step_s_median" in opt.get("train", {}) and "step_s_median" in naive.get("train", {}):
+            entry["train_speedup"] = naive["train"]["step_s_median"] / opt["train"]["step_s_median"]
+            entry["train_memory_ratio"] = opt["train"]["peak_memory_bytes"] / naive["train"]["peak_memory_bytes"]
+        if "images_per_s" in opt.get("eval", {}) and "images_per_s" in naive.get("eval", {}):
+            entry["eval_speedup"] = opt["eval"]["images_per_s"] / naive["eval"]["images_per_s"]
+            entry["eval_memory_ratio"] = opt["eval"]["peak_memory_bytes"] / naive["eval"]["peak_memory_bytes"]
+        out.append(entry)
+    return out
+
+
+def write_json(report: Dict[str, Any], path: str) -> None:
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".benchmark.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--backbone", default="random:ViT-B/16", help="clip.load spec (default random:ViT-B/16)")
+    parser.add_argument("--classes", type=int, nargs="+", default=[100], help="class counts (default 100)")
+    parser.add_argument("--batch-size", type=int, default=4, help="training batch (default 4)")
+    parser.add_argument("--eval-batch-size", type=int, default=16, help="evaluation batch (default 16)")
+    parser.add_argument("--eval-images", type=int, default=None,
+                        help="images per evaluation (default 10 evaluation batches)")
+    parser.add_argument("--naive-eval-images", type=int, default=None,
+                        help="images per evaluation of the naive path (default --eval-images)")
+    parser.add_argument("--prec", nargs="+", default=["fp32"], choices=["fp16", "fp32", "amp", "bf16"],
+                        help="TRAINER.HICROPL.PREC values (default fp32; fp16/amp need CUDA)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:i] (default cuda when available)")
+    parser.add_argument("--mapper-mode", default="released", choices=["released", "differentiable"])
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="trainer yaml for the prompt settings")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps / evaluations (default 3)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--text-checkpointing", action="store_true",
+                        help="TRAINER.HICROPL.TEXT_CHECKPOINTING True (activation checkpointing of the text tower)")
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.child:
+        try:
+            result = run_child(json.loads(args.child))
+        except Exception as e:  # reported in the JSON (e.g. CUDA out of memory); the other measurements go on
+            result = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+        print(json.dumps(result))
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but CUDA is not available; use --device cpu")
+    if min(args.classes) < 1 or args.batch_size < 1 or args.eval_batch_size < 1 or args.repeats < 1:
+        sys.exit("error: --classes, --batch-size, --eval-batch-size and --repeats must be >= 1")
+    eval_images = args.eval_images or 10 * args.eval_batch_size
+    naive_eval_images = args.naive_eval_images or eval_images
+    # CPU: one process per phase, so that each peak RSS is that phase's alone. CUDA: the peak can be reset.
+    phase_groups = [list(args.phases)] if args.device.startswith("cuda") else [[p] for p in args.phases]
+
+    report: Dict[str, Any] = {
+        "schema": 1,
+        "environment": environment(args.device),
+        "settings": {
+            "backbone": args.backbone, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
+            "eval_images": eval_images, "naive_eval_images": naive_eval_images, "mapper_mode": args.mapper_mode,
+            "config": osp.relpath(args.config, REPO), "warmup": args.warmup, "repeats": args.repeats,
+            "text_checkpointing": args.text_checkpointing, "threads": args.threads or torch.get_num_threads(),
+        },
+        "load_average_start": load_average(),
+        "results": [],
+        "ratios": [],
+    }
+    for classes in args.classes:
+        for prec in args.prec:
+            for path in args.paths:
+                entry: Dict[str, Any] = {"classes": classes, "prec": prec, "path": path}
+                for phases in phase_groups:
+                    job = {
+                        "backbone": args.backbone, "classes": classes, "prec": prec, "path": path, "phases": phases,
+                        "device": args.device, "mapper_mode": args.mapper_mode, "config": args.config,
+                        "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
+                        "eval_images": naive_eval_images if path == "naive" else eval_images,
+                        "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
+                        "text_checkpointing": args.text_checkpointing,
+                    }
+                    log(f"{classes} classes, {prec}, {path}: {' + '.join(phases)} (load average {load_average()})")
+                    result = spawn(job)
+                    if "error" in result:
+                        entry.setdefault("errors", {}).update({phase: result["error"] for phase in phases})
+                        log(f"  failed: {result['error']}")
+                    else:
+                        entry.update(result)
+                report["results"].append(entry)
+                report["ratios"] = ratios(report["results"])
+                report["load_average_end"] = load_average()
+                if args.out:
+                    write_json(report, args.out)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
