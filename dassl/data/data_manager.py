@@ -7,10 +7,10 @@ from torch.utils.data import Dataset as TorchDataset
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 from yacs.config import CfgNode as CN
 
-from dassl.utils import read_image
+from dassl.utils import UserError, get_world_size, read_image
 
 from .datasets import DatasetBase, Datum, build_dataset
-from .samplers import build_sampler
+from .samplers import GlobalBatchRandomSampler, ShardSampler, build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
 __all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
@@ -33,10 +33,26 @@ def build_data_loader(
 
     Training loaders drop the last partial batch when there is at least one full batch, so an epoch
     has ``len // batch_size`` batches (or 1 partial batch when ``len < batch_size``).
+
+    ``batch_size`` is global: under torchrun with W processes a training loader ("RandomSampler") yields
+    this process's ``batch_size / W`` slice of every global batch (``GlobalBatchRandomSampler``) and an
+    evaluation loader reads this process's 1/W of the data in batches of ``ceil(batch_size / W)``
+    (``ShardSampler``). A single process reads everything in batches of ``batch_size``.
     """
-    sampler = build_sampler(
-        sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size, n_domain=n_domain, n_ins=n_ins
-    )
+    world_size = get_world_size()
+    drop_last = is_train and len(data_source) >= batch_size
+    if is_train and sampler_type == "RandomSampler":
+        sampler = GlobalBatchRandomSampler(data_source, batch_size)
+        batch_size, drop_last = sampler.local_batch, False  # the sampler already dropped the partial batch
+    elif is_train and world_size > 1:
+        raise UserError(f"training sampler {sampler_type!r} is not supported under torchrun; use RandomSampler")
+    elif world_size > 1:
+        sampler = ShardSampler(data_source)
+        batch_size = -(-batch_size // world_size)
+    else:
+        sampler = build_sampler(
+            sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size, n_domain=n_domain, n_ins=n_ins
+        )
     if dataset_wrapper is None:
         dataset_wrapper = DatasetWrapper
     data_loader = DataLoader(
@@ -44,7 +60,7 @@ def build_data_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=drop_last,
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
     )
     assert len(data_loader) > 0, "the data loader is empty"

@@ -19,6 +19,12 @@ overrides ``build_model`` (building ``self.model``/optimizer/scheduler and calli
 Every evaluation appends a record to ``<OUTPUT_DIR>/results.json`` (see ``dassl.engine.results``).
 Checkpoints also carry the random-number states and the best val result, so a resumed run continues
 exactly as the uninterrupted one would have.
+
+Multi-process training (``torchrun --nproc_per_node N train.py ...``, see ``dassl.utils.comm``): after
+``build_model`` every registered model with trainable parameters is wrapped in DistributedDataParallel
+(``self.model`` becomes the wrapper, the registry keeps the plain module for checkpoints and modes); each
+process gets ``TRAIN_X.BATCH_SIZE / N`` samples of every global batch, evaluation metrics are gathered over
+the processes, only rank 0 writes files, and the replicas are checked to be identical after every epoch.
 """
 import datetime
 import functools
@@ -41,7 +47,16 @@ from dassl.utils import (
     AverageMeter,
     MetricMeter,
     NonFiniteLossError,
+    all_gather_object,
+    all_reduce_mean,
+    all_reduce_min,
+    barrier,
+    broadcast_object,
+    get_local_rank,
+    get_rank,
     get_rng_state,
+    get_world_size,
+    is_distributed,
     is_main_process,
     load_checkpoint,
     mkdir_if_missing,
@@ -49,6 +64,7 @@ from dassl.utils import (
     remove_stale_temp_files,
     restore_from_checkpoint,
     save_checkpoint,
+    set_random_seed,
     set_rng_state,
     tolist_if_not,
 )
@@ -135,11 +151,16 @@ class TrainerBase:
         """Save every registered model to ``<directory>/<name>/<model_name or model.pth.tar-<epoch+1>>``.
 
         Besides Dassl's entries (state_dict, epoch, optimizer, scheduler, val_result) the file holds
-        ``rng_state`` and ``best_result`` so that a resume continues exactly. Only rank 0 writes.
+        ``rng_state`` and ``best_result`` so that a resume continues exactly (under torchrun also
+        ``rng_state_per_rank``). Only rank 0 writes; every process returns once the files exist.
         """
+        rng_states = all_gather_object(get_rng_state())
         if not is_main_process():
+            barrier()
             return
-        run_state = {"rng_state": get_rng_state(), "best_result": getattr(self, "best_result", None)}
+        run_state = {"rng_state": rng_states[0], "best_result": getattr(self, "best_result", None)}
+        if len(rng_states) > 1:
+            run_state["rng_state_per_rank"] = rng_states
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint(
@@ -155,6 +176,7 @@ class TrainerBase:
                 is_best=is_best,
                 model_name=model_name,
             )
+        barrier()
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Resume every registered model from ``<directory>/<name>/checkpoint``; returns the epoch to start at.
@@ -173,7 +195,10 @@ class TrainerBase:
             )
         if checkpoint.get("best_result") is not None:
             self.best_result = checkpoint["best_result"]
-        if checkpoint.get("rng_state") is not None:
+        per_rank = checkpoint.get("rng_state_per_rank")
+        if per_rank is not None and len(per_rank) == get_world_size():
+            set_rng_state(per_rank[get_rank()])
+        elif checkpoint.get("rng_state") is not None:
             set_rng_state(checkpoint["rng_state"])
         self._model_epoch, self._model_checkpoint = checkpoint["epoch"], None
         return checkpoint["epoch"]
@@ -228,9 +253,17 @@ class TrainerBase:
         The one-line message names the epoch and batch, the loss and, if given, the ``terms`` it was summed from
         (name -> tensor or float, e.g. ``{"ce": ..., "kd": ...}``), so the culprit is visible. Call it before
         ``backward()``: then nothing has been updated and the checkpoints written so far are the last good state.
+        Under torchrun every process stops when any process's loss is not finite (none waits forever in the
+        gradient all-reduce).
         """
-        if torch.isfinite(loss).all():
+        finite = bool(torch.isfinite(loss).all())
+        if all_reduce_min(float(finite)) == 1.0:
             return
+        if finite:
+            raise NonFiniteLossError(
+                f"Loss is infinite or NaN in another process at epoch {getattr(self, 'epoch', 0) + 1}, batch "
+                f"{getattr(self, 'batch_idx', 0) + 1}; training stopped before the update (see rank 0's error)"
+            )
 
         def show(value: Any) -> str:
             value = value.detach().float().cpu() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
@@ -273,9 +306,32 @@ class TrainerBase:
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
             self.run_epoch()
+            self.check_replicas()
             self._model_epoch, self._model_checkpoint = self.epoch + 1, None
             self.after_epoch()
         self.after_train()
+
+    def check_replicas(self) -> None:
+        """Under torchrun: raise if the registered models' states differ between processes.
+
+        DistributedDataParallel keeps trainable parameters equal by averaging gradients; a model that also
+        changes its state in the forward pass (HiCroPL's released mapper writes prompts in place) stays equal
+        only if every process makes the same calls. This check (one float64 checksum per tensor) catches a
+        violation after every epoch instead of letting the replicas drift apart silently.
+        """
+        if not is_distributed():
+            return
+        for name in self.get_model_names():
+            state = self._models[name].state_dict()
+            sums = {key: float(value.detach().double().sum()) for key, value in state.items()
+                    if torch.is_tensor(value) and value.is_floating_point()}
+            reference = broadcast_object(sums)
+            differ = [key for key in sums if sums[key] != reference.get(key)]
+            if all_reduce_min(0.0 if differ else 1.0) < 1.0:
+                raise RuntimeError(
+                    f"model {name!r} differs between processes after epoch {self.epoch + 1}"
+                    + (f" (rank {get_rank()}: {', '.join(differ[:3])})" if differ else "")
+                )
 
     def before_train(self) -> None:
         pass
@@ -347,6 +403,7 @@ class SimpleTrainer(TrainerBase):
         self.cfg = cfg
         self.build_data_loader()
         self.build_model()
+        self.setup_distributed()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 
@@ -370,6 +427,37 @@ class SimpleTrainer(TrainerBase):
         raise NotImplementedError(
             f"{type(self).__name__} must override build_model() (Dassl's generic SimpleNet is not part of this engine)"
         )
+
+    def setup_distributed(self) -> None:
+        """Under torchrun: wrap the trainable registered models in DistributedDataParallel, then seed per process.
+
+        ``self.model`` becomes the wrapper when it is the registered module (so ``self.model(...)`` in
+        ``forward_backward`` synchronises gradients); ``self._models`` keeps the plain modules (state dicts,
+        ``load_state_dict`` overrides, train/eval modes). DDP broadcasts rank 0's values of what the model's
+        ``state_dict()`` holds once; everything else (frozen backbones, constant buffers, rebuilt identically in
+        every process from the config) is left out of all synchronisation. Every process has built the same
+        model from the same seed; afterwards each one reseeds with ``SEED + rank`` so that data augmentation
+        differs between processes (the data order comes from the sampler's own generator).
+        """
+        if not is_distributed():
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        for name in self.get_model_names():
+            model = self._models[name]
+            if not any(p.requires_grad for p in model.parameters()):
+                continue
+            synced = set(model.state_dict().keys())
+            ignored = [key for key, _ in list(model.named_parameters()) + list(model.named_buffers())
+                       if key not in synced]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+            device_ids = [get_local_rank()] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=device_ids)
+            if self.__dict__.get("model") is model:
+                self.model = wrapped
+        if get_world_size() > 1:
+            seed = self.cfg.SEED if self.cfg.SEED >= 0 else broadcast_object(torch.initial_seed() % 2**31)
+            set_random_seed(seed + get_rank())
 
     def train(self) -> None:
         super().train(self.start_epoch, self.max_epoch)
@@ -435,7 +523,7 @@ class SimpleTrainer(TrainerBase):
         split, data_loader = self.eval_loader(split)
         print(f"Evaluate on the *{split}* set")
 
-        for batch in tqdm(data_loader, desc=f"Evaluate ({split})", leave=False):
+        for batch in tqdm(data_loader, desc=f"Evaluate ({split})", leave=False, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
@@ -494,6 +582,8 @@ class TrainerX(SimpleTrainer):
         batch_time = AverageMeter()
         data_time = AverageMeter()
         self.num_batches = len(self.train_loader_x)
+        if hasattr(self.train_loader_x.sampler, "set_epoch"):  # the data order of this epoch (resume-safe)
+            self.train_loader_x.sampler.set_epoch(self.epoch)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         show_bar = self.cfg.TRAIN.PROGRESS_BAR and is_main_process()
         batches = tqdm(
@@ -505,7 +595,7 @@ class TrainerX(SimpleTrainer):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
-            losses.update(loss_summary)
+            losses.update(self.mean_over_processes(loss_summary))
 
             meet_freq = (self.batch_idx + 1) % print_freq == 0
             only_few_batches = self.num_batches < print_freq
@@ -531,6 +621,15 @@ class TrainerX(SimpleTrainer):
             self.write_scalar("train/lr", self.get_current_lr(), n_iter)
 
             end = time.time()
+
+    @staticmethod
+    def mean_over_processes(loss_summary: Dict[str, Any]) -> Dict[str, Any]:
+        """Under torchrun: each value averaged over the processes (so the log shows the global batch's loss)."""
+        if not is_distributed() or not loss_summary:
+            return loss_summary
+        keys = list(loss_summary)
+        values = [float(v.detach()) if torch.is_tensor(v) else float(v) for v in loss_summary.values()]
+        return dict(zip(keys, all_reduce_mean(values)))
 
     def parse_batch_train(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         input = batch["img"].to(self.device)

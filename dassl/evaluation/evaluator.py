@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode as CN
 
-from dassl.utils import atomic_torch_save
+from dassl.utils import all_gather_object, atomic_torch_save, get_world_size
 
 from .build import EVALUATOR_REGISTRY
 
@@ -66,7 +66,9 @@ class Classification(EvaluatorBase):
 
     ``evaluate()`` prints the ``=> result`` block (accuracy/error/macro_f1 with 2 decimals, as the
     HiCroPL copy of Dassl does) and returns ``{"accuracy", "error_rate", "macro_f1"[, "perclass_accuracy"]}``
-    in percent. ``_correct`` and ``_total`` hold the counts.
+    in percent. ``_correct`` and ``_total`` hold the counts. Under torchrun each process processes its own
+    part of the data and ``evaluate()`` first gathers every process's predictions, so all processes return the
+    metrics of the whole split.
     """
 
     def __init__(self, cfg: CN, lab2cname: Optional[Dict[int, str]] = None, **kwargs) -> None:
@@ -101,7 +103,25 @@ class Classification(EvaluatorBase):
             for i, label in enumerate(gt):
                 self._per_class_res[int(label.item())].append(int(matches[i].item()))
 
+    def gather(self) -> None:
+        """Replace this process's predictions by those of all processes (no-op for a single process)."""
+        if get_world_size() == 1:
+            return
+        parts = all_gather_object(
+            (self._y_true, self._y_pred, dict(self._per_class_res) if self._per_class_res is not None else None)
+        )
+        self._y_true = [y for part in parts for y in part[0]]
+        self._y_pred = [y for part in parts for y in part[1]]
+        self._total = len(self._y_true)
+        self._correct = sum(int(t == p) for t, p in zip(self._y_true, self._y_pred))
+        if self._per_class_res is not None:
+            self._per_class_res = defaultdict(list)
+            for part in parts:
+                for label, matches in part[2].items():
+                    self._per_class_res[label].extend(matches)
+
     def evaluate(self) -> Dict[str, float]:
+        self.gather()
         results = OrderedDict()
         acc = 100.0 * self._correct / self._total
         err = 100.0 - acc

@@ -1,5 +1,18 @@
 """Utilities (Dassl ``dassl.utils`` names): files, logging, registries, checkpoints, meters, errors."""
-from .comm import get_rank, is_main_process
+from .comm import (
+    all_gather_object,
+    all_reduce_mean,
+    all_reduce_min,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    get_local_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+)
 from .errors import NonFiniteLossError, UserError
 from .logger import Logger, setup_logger
 from .meters import AverageMeter, MetricMeter
