@@ -64,14 +64,29 @@ def learned(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def same(x, y):
+    """Exact equality of nested checkpoint contents (tensors bit for bit)."""
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)
+    if isinstance(x, dict):
+        return isinstance(y, dict) and list(x) == list(y) and all(same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+    return x == y
+
+
 def assert_same_learning(a, b):
-    """Same final results.json, and the same prompts in the best and in the last checkpoint."""
+    """Same results.json; the same checkpoint files (and resume pointer) holding the same prompts, optimizer and
+    scheduler states, epochs and val results."""
     assert results(a) == results(b)
-    for name in ("model-best.pth.tar", f"model.pth.tar-{EPOCHS}"):
-        x, y = learned(a / MODEL / name), learned(b / MODEL / name)
-        assert x["epoch"] == y["epoch"] and list(x["state_dict"]) == list(y["state_dict"])
-        for key in x["state_dict"]:
-            assert torch.equal(x["state_dict"][key], y["state_dict"][key]), (name, key)
+    files = sorted(p.name for p in (a / MODEL).iterdir())
+    assert sorted(p.name for p in (b / MODEL).iterdir()) == files
+    assert (a / MODEL / "checkpoint").read_text() == (b / MODEL / "checkpoint").read_text()
+    for name in files:
+        if name.startswith("model"):
+            x, y = learned(a / MODEL / name), learned(b / MODEL / name)
+            for key in ("epoch", "val_result", "best_result", "state_dict", "optimizer", "scheduler"):
+                assert same(x[key], y[key]), (name, key)
 
 
 def temp_files(out):

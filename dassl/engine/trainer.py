@@ -152,7 +152,10 @@ class TrainerBase:
 
         Besides Dassl's entries (state_dict, epoch, optimizer, scheduler, val_result) the file holds
         ``rng_state`` and ``best_result`` so that a resume continues exactly (under torchrun also
-        ``rng_state_per_rank``). Only rank 0 writes; every process returns once the files exist.
+        ``rng_state_per_rank``), and ``grad_scaler``: the state of the trainer's ``self.scaler`` (the
+        CoOp-family name of the mixed-precision ``GradScaler``) if it has one -- a fresh loss scale after a
+        resume would skip other steps than the uninterrupted run. Only rank 0 writes; every process returns
+        once the files exist.
         """
         rng_states = all_gather_object(get_rng_state())
         if not is_main_process():
@@ -161,6 +164,9 @@ class TrainerBase:
         run_state = {"rng_state": rng_states[0], "best_result": getattr(self, "best_result", None)}
         if len(rng_states) > 1:
             run_state["rng_state_per_rank"] = rng_states
+        scaler = getattr(self, "scaler", None)
+        if scaler is not None and hasattr(scaler, "state_dict"):
+            run_state["grad_scaler"] = scaler.state_dict()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint(
@@ -181,7 +187,8 @@ class TrainerBase:
     def resume_model_if_exist(self, directory: str) -> int:
         """Resume every registered model from ``<directory>/<name>/checkpoint``; returns the epoch to start at.
 
-        Restores weights, optimizer, scheduler, the best val result and the random-number states.
+        Restores weights, optimizer, scheduler, the best val result, the random-number states and the
+        ``self.scaler`` state.
         No checkpoint for some model -> ``No checkpoint found, train from scratch`` and 0.
         """
         names = self.get_model_names()
@@ -195,6 +202,9 @@ class TrainerBase:
             )
         if checkpoint.get("best_result") is not None:
             self.best_result = checkpoint["best_result"]
+        scaler = getattr(self, "scaler", None)
+        if checkpoint.get("grad_scaler") and scaler is not None and hasattr(scaler, "load_state_dict"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
         per_rank = checkpoint.get("rng_state_per_rank")
         if per_rank is not None and len(per_rank) == get_world_size():
             set_rng_state(per_rank[get_rank()])
@@ -470,12 +480,31 @@ class SimpleTrainer(TrainerBase):
                     print(f"Removed {osp.join(folder, name)} (left by an interrupted run)")
         directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
+        self.save_missing_checkpoint(self.start_epoch)
 
         writer_dir = osp.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
 
         self.time_start = time.time()
+
+    def save_missing_checkpoint(self, epochs_done: int) -> None:
+        """Write ``model.pth.tar-<epochs_done>`` if the schedule wanted it but a killed run never finished it.
+
+        The resume pointer names the newest file, which can be ``model-best.pth.tar``: it is written just
+        before the regular checkpoint of the same epoch, and a later best epoch overwrites it. The state just
+        restored from it is that epoch's (weights, optimizer, scheduler, random states), so the file written
+        now is the one the uninterrupted run wrote.
+        """
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        due = epochs_done > 0 and ((freq > 0 and epochs_done % freq == 0) or epochs_done == self.max_epoch)
+        fname = f"model.pth.tar-{epochs_done}"
+        missing = due and any(
+            not osp.exists(osp.join(self.output_dir, name, fname)) for name in self.get_model_names()
+        )
+        if broadcast_object(missing):  # rank 0 decides: every process must take part in save_model
+            print(f"Saving {fname}, which the interrupted run did not finish writing")
+            self.save_model(epochs_done - 1, self.output_dir)
 
     def after_train(self) -> None:
         print("Finish training")
