@@ -75,7 +75,10 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x * torch.sigmoid(1.702 * x)
+        # Without autograd: one (B, N, 4D) buffer instead of three (the MLP's largest tensors).
+        return (x * 1.702).sigmoid_().mul_(x)
 
 
 class SelfAttention(nn.Module):
@@ -96,14 +99,37 @@ class SelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        """x: (B, N, D) -> (B, N, D). causal: token i attends to tokens 0..i only."""
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, D) -> q, k, v, each (B, heads, N, head_dim)."""
         batch, n_tokens, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        # (B, N, 3D) -> 3 x (B, heads, N, head_dim)
-        q, k, v = qkv.view(batch, n_tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, n_tokens, width))
+        return qkv.view(batch, n_tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, head_dim) -> out_proj of the concatenated heads, (B, N, D)."""
+        batch, _, n_tokens, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, n_tokens, -1))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D). causal: token i attends to tokens 0..i only."""
+        q, k, v = self._qkv(x)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+    def forward_shared_prefix(self, prefix: torch.Tensor, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Causal attention over the n sequences [prefix; rows[i]], the common prefix computed once.
+
+        prefix (1, P, D), rows (n, S, D) -> ((1, P, D), (n, S, D)): the prefix attends causally to itself; row
+        token j attends to the whole prefix and to row tokens 0..j. Equals ``forward(cat(prefix, rows), True)``.
+        """
+        q_p, k_p, v_p = self._qkv(prefix)
+        q_r, k_r, v_r = self._qkv(rows)
+        n, length = rows.shape[0], prefix.shape[1]
+        keys = torch.cat([k_p.expand(n, -1, -1, -1), k_r], dim=2)  # (n, heads, P + S, head_dim)
+        values = torch.cat([v_p.expand(n, -1, -1, -1), v_r], dim=2)
+        mask = torch.ones(rows.shape[1], length + rows.shape[1], dtype=torch.bool, device=rows.device)
+        mask = mask.tril(diagonal=length)  # row token j sees keys 0 .. P + j
+        return (self._merge(F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)),
+                self._merge(F.scaled_dot_product_attention(q_r, keys, values, attn_mask=mask)))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -125,6 +151,12 @@ class ResidualAttentionBlock(nn.Module):
         """x: (B, N, D) -> (B, N, D)."""
         x = x + self.attn(self.ln_1(x), causal=self.causal)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_shared_prefix(self, prefix: torch.Tensor, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Causal block over [prefix; rows[i]] for each i: prefix (1, P, D), rows (n, S, D) -> same shapes."""
+        attn_prefix, attn_rows = self.attn.forward_shared_prefix(self.ln_1(prefix), self.ln_1(rows))
+        prefix, rows = prefix + attn_prefix, rows + attn_rows
+        return prefix + self.mlp(self.ln_2(prefix)), rows + self.mlp(self.ln_2(rows))
 
 
 PROMPT_POSITIONS = ("after_first", "last")
@@ -175,6 +207,25 @@ class Transformer(nn.Module):
             else:
                 x = block(x)
         return x
+
+    def forward_shared_prefix(self, prefix: torch.Tensor, rows: torch.Tensor,
+                              prompts: Prompts = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Causal stack over n sequences that start with the same P tokens, the prefix computed once.
+
+        prefix (1, P, D), rows (n, S, D) -> ((1, P, D), (n, S, D)): the outputs of ``forward(cat(prefix, rows))``
+        split at P. prompts[i] (m, D) replaces prefix positions 1..m at the input of block i (needs
+        prompt_position "after_first", causal and P > m, so that every sequence gets the same prompt tokens).
+        """
+        if not self.causal or self.prompt_position != "after_first":
+            raise ValueError("a shared prefix needs a causal transformer with prompts after the first token")
+        for index, block in enumerate(self.resblocks):
+            if prompts is not None and index < len(prompts) and prompts[index] is not None:
+                prefix = self.replace_prompt_tokens(prefix, prompts[index])
+            if self.checkpointing and torch.is_grad_enabled() and (prefix.requires_grad or rows.requires_grad):
+                prefix, rows = checkpoint(block.forward_shared_prefix, prefix, rows, use_reentrant=False)
+            else:
+                prefix, rows = block.forward_shared_prefix(prefix, rows)
+        return prefix, rows
 
 
 def _per_sample(prompt: torch.Tensor, batch: int) -> torch.Tensor:
@@ -363,10 +414,14 @@ class ModifiedResNet(nn.Module):
 class CLIP(nn.Module):
     """Contrastive image-text model: `encode_image`, `encode_text` and the scaled cosine logits of `forward`."""
 
-    # encode_text computes only the first max(EOT position) + 1 positions (exact, see there). False computes all
-    # context_length positions, as the reference implementation does: same features at several times the cost
-    # (the naive path of scripts/benchmark.py). Set on an instance or on the class.
+    # Two exact shortcuts of encode_text (see there), on by default; set on an instance or on the class. Turned off,
+    # they give the same features at several times the cost, as the reference implementation does (the naive path
+    # of scripts/benchmark.py):
+    # truncate_text: compute only the first max(EOT position) + 1 positions, not all context_length;
+    # share_text_prefix: compute the token prefix common to all texts of a batch (start token + shared prompt
+    #   tokens, e.g. "X X ... X" before the class names) once instead of once per text.
     truncate_text: bool = True
+    share_text_prefix: bool = True
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -426,7 +481,8 @@ class CLIP(nn.Module):
         prompts[0] (m, D_t) or (n, m, D_t) replaces the token embeddings at positions 1..m before the positional
         embedding is added; prompts[i], i >= 1, replaces positions 1..m at the input of block i. Only the first
         max(EOT position) + 1 positions are computed: with the causal mask, later (padding) tokens cannot change
-        the EOT features.
+        the EOT features. For the same reason the first P positions are identical in all n texts when their
+        tokens (and prompts) are: that prefix is computed once and attended to by every text (`shared_prefix`).
         """
         batch = text.shape[0]
         n_prompt = _check_prompts(prompts, self.transformer, batch, "text")
@@ -434,6 +490,18 @@ class CLIP(nn.Module):
             raise ValueError(f"{n_prompt} text prompt tokens do not fit in the context length {self.context_length}")
         eot = text.argmax(dim=-1)  # EOT has the largest token id
         length = max(int(eot.max()) + 1, 1 + n_prompt) if self.truncate_text else self.context_length
+        shared = self.shared_prefix(text[:, :length], eot, n_prompt, prompts)
+        if shared:
+            prefix = self.token_embedding(text[:1, :shared]).to(self.dtype)  # (1, P, D_t)
+            if n_prompt and prompts[0] is not None:
+                prefix = self.transformer.replace_prompt_tokens(prefix, prompts[0])
+            prefix = prefix + self.positional_embedding[:shared].to(self.dtype)
+            rows = self.token_embedding(text[:, shared:length]).to(self.dtype)  # (n, length - P, D_t)
+            rows = rows + self.positional_embedding[shared:length].to(self.dtype)
+            deep = None if not n_prompt else [None, *prompts[1:]]
+            _, rows = self.transformer.forward_shared_prefix(prefix, rows, deep)
+            rows = self.ln_final(rows)
+            return rows[torch.arange(batch, device=rows.device), eot - shared] @ self.text_projection
         x = self.token_embedding(text[:, :length]).to(self.dtype)  # (n, length, D_t)
         if n_prompt and prompts[0] is not None:
             x = self.transformer.replace_prompt_tokens(x, prompts[0])
@@ -441,6 +509,22 @@ class CLIP(nn.Module):
         x = self.transformer(x, None if not n_prompt else [None, *prompts[1:]])
         x = self.ln_final(x)
         return x[torch.arange(batch, device=x.device), eot] @ self.text_projection
+
+    def shared_prefix(self, text: torch.Tensor, eot: torch.Tensor, n_prompt: int, prompts: Prompts) -> int:
+        """Length P of the prefix that `encode_text` computes once for all n texts, or 0 (no sharing).
+
+        text (n, length) token ids, eot (n,) EOT positions. P = the longest common token prefix, capped at the
+        first EOT (every text keeps its EOT after the prefix); used only when n > 1, P > m (the prompt positions
+        1..m lie inside the prefix) and the prompts are shared (2-D), since per-text prompts differ between texts.
+        """
+        if not self.share_text_prefix or text.shape[0] < 2:
+            return 0
+        if prompts is not None and any(p is not None and p.dim() == 3 for p in prompts):
+            return 0
+        differs = (text != text[:1]).any(dim=0)  # (length,): positions where some text differs from the first
+        common = int(differs.int().argmax()) if bool(differs.any()) else text.shape[1]
+        shared = min(common, int(eot.min()))
+        return shared if shared > max(n_prompt, 1) else 0
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """image (B, 3, R, R), text (n, context_length) -> logits_per_image (B, n), logits_per_text (n, B)."""

@@ -16,10 +16,12 @@ What is measured, per (class count, precision, path):
          ``torch.cuda.max_memory_allocated`` (CUDA), model weights included. Every measurement runs in a fresh
          child process (on CUDA one child per path runs both phases, the peak is reset in between).
 Paths:
-  optimised  the library's defaults: the text tower stops at the longest EOT token, the text side runs once per
-             evaluation, the frozen teacher is the backbone's own visual tower.
-  naive      the released code's work: all 77 text positions (``CLIP.truncate_text = False``), the text side per
-             batch (``CustomCLIP.cache_eval_text = False``), a second frozen CLIP as the teacher.
+  optimised  the library's defaults: the text tower stops at the longest EOT token and computes the prompt prefix
+             shared by all class texts once, the text side runs once per evaluation, the frozen teacher is the
+             backbone's own visual tower.
+  naive      the released code's work: all 77 text positions for every class (``CLIP.truncate_text = False``,
+             ``CLIP.share_text_prefix = False``), the text side per batch (``CustomCLIP.cache_eval_text =
+             False``), a second frozen CLIP as the teacher.
 Both paths compute the same logits. The naive evaluation does the same work for every batch, so its images/s does
 not depend on N: ``--naive-eval-images`` may be smaller than ``--eval-images`` to save time.
 
@@ -109,6 +111,7 @@ def build(job: Dict[str, Any]):
     model = CustomCLIP(cfg, classnames, clip_model, frozen_text, teacher).to(device)
     if naive:
         clip_model.truncate_text = False
+        clip_model.share_text_prefix = False
         model.cache_eval_text = False
     optim = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.OPTIM)
     scaler = torch.amp.GradScaler(device.type) if model.precision.grad_scaler else None

@@ -1,6 +1,7 @@
 """The speed/memory switches change cost, never results (random:tiny CLIP, CPU, functional only: no timings).
 
 - ``CLIP.truncate_text``: computing only up to the longest EOT gives the features of all 77 positions (causal mask);
+- ``CLIP.share_text_prefix``: the token prefix common to all texts, computed once, gives the per-text result;
 - ``CustomCLIP.cache_eval_text``: the text side runs once per evaluation instead of once per batch;
 - a separate teacher copy vs. the backbone's own visual tower with prompts off;
 - ``Transformer.checkpointing`` (TRAINER.HICROPL.TEXT_CHECKPOINTING): same loss and gradients.
@@ -41,6 +42,7 @@ def build(naive=False, mapper_mode="released", **extra):
     model = CustomCLIP(make_cfg(mapper_mode, **extra), names, clip_model, frozen_text, teacher)
     if naive:
         clip_model.truncate_text = False
+        clip_model.share_text_prefix = False
         model.cache_eval_text = False
     return model, clip_model
 
@@ -71,6 +73,43 @@ def test_text_truncation_is_exact():
         clip_model.truncate_text = False
         full = clip_model.encode_text(tokens, prompts)
     torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prompt_dims", [2, 3])
+def test_shared_prefix_is_exact_in_values_and_gradients(prompt_dims):
+    clip_model, _ = clip.load("random:tiny")
+    # common prefix: SOT + "x x x" (the prompt slots) + "class"; the texts differ after that; two are equal
+    tokens = clip.tokenize(["x x x class 1.", "x x x class 22 big.", "x x x class 3 and more words.", "x x x class 1."])
+    eot = tokens.argmax(dim=-1)
+    generator = torch.Generator().manual_seed(3)
+    width = clip_model.transformer.width
+    prompts = [torch.randn(3, width, generator=generator).requires_grad_() for _ in range(3)]
+    used = [p if prompt_dims == 2 else p.expand(len(tokens), -1, -1) for p in prompts]
+    # shared prompts: the prefix is SOT, 3 prompt slots and "class"; per-text (3-D) prompts cannot be shared
+    assert clip_model.shared_prefix(tokens, eot, 3, used) == (5 if prompt_dims == 2 else 0)
+    results = []
+    for share in (True, False):
+        clip_model.share_text_prefix = share
+        features = clip_model.encode_text(tokens, used)
+        results.append((features, torch.autograd.grad(features.square().sum(), prompts)))
+    (shared, shared_grads), (plain, plain_grads) = results
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared[0], shared[3])  # equal texts, equal features
+    for a, b in zip(shared_grads, plain_grads):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_shared_prefix_needs_the_prompt_slots_inside_it():
+    clip_model, _ = clip.load("random:tiny")
+    tokens = clip.tokenize(["a cat.", "a dog."])  # common prefix: SOT, "a"
+    eot = tokens.argmax(dim=-1)
+    assert clip_model.shared_prefix(tokens, eot, 0, None) == 2
+    assert clip_model.shared_prefix(tokens, eot, 2, None) == 0  # prompts at positions 1..2 reach beyond it
+    assert clip_model.shared_prefix(tokens[:1], eot[:1], 0, None) == 0  # a single text: nothing to share
+    with torch.no_grad():
+        shared = clip_model.encode_text(tokens)
+        clip_model.share_text_prefix = False
+        torch.testing.assert_close(shared, clip_model.encode_text(tokens), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mapper_mode", ["released", "differentiable"])
