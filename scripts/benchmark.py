@@ -13,8 +13,9 @@ What is measured, per (class count, precision, path):
          grad, logits of every batch, including the once-per-evaluation prompt-learner and text pass. Reported as
          images/s (median over ``--repeats`` evaluations, after a one-batch warm-up).
   memory peak resident memory of the process (CPU, read from /proc/self/status VmHWM) or
-         ``torch.cuda.max_memory_allocated`` (CUDA), model weights included. Every measurement runs in a fresh
-         child process (on CUDA one child per path runs both phases, the peak is reset in between).
+         ``torch.cuda.max_memory_allocated`` (CUDA), model weights included. On CPU every measurement runs in a
+         fresh child process (a process's peak RSS cannot be reset); on CUDA all run in this process, the peak
+         counter reset before each phase (``--isolate``: one child process per path there too).
 Paths:
   optimised  the library's defaults: the text tower stops at the longest EOT token and computes the prompt prefix
              shared by all class texts once, the text side runs once per evaluation, the frozen teacher is the
@@ -32,6 +33,7 @@ to stdout and, atomically, to ``--out`` (rewritten after every measurement, so a
 measured); progress goes to stderr.
 """
 import argparse
+import gc
 import json
 import os
 import os.path as osp
@@ -218,6 +220,18 @@ def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def run_here(job: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one job in this process (CUDA); everything it allocated is released before the next one."""
+    try:
+        result = run_child(job)
+    except Exception as e:  # e.g. CUDA out of memory: reported, the other measurements go on
+        result = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
 def spawn(job: Dict[str, Any]) -> Dict[str, Any]:
     """Run one job in a fresh Python process; its JSON result is the last line of its stdout."""
     proc = subprocess.run(
@@ -307,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--text-checkpointing", action="store_true",
                         help="TRAINER.HICROPL.TEXT_CHECKPOINTING True (activation checkpointing of the text tower)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="CUDA: one child process per path (default: all in this process; CPU always isolates)")
     parser.add_argument("--out", default="", help="also write the JSON here")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     return parser
@@ -328,7 +344,9 @@ def main() -> None:
     eval_images = args.eval_images or 10 * args.eval_batch_size
     naive_eval_images = args.naive_eval_images or eval_images
     # CPU: one process per phase, so that each peak RSS is that phase's alone. CUDA: the peak can be reset.
-    phase_groups = [list(args.phases)] if args.device.startswith("cuda") else [[p] for p in args.phases]
+    cuda = args.device.startswith("cuda")
+    phase_groups = [list(args.phases)] if cuda else [[p] for p in args.phases]
+    isolate = args.isolate or not cuda
 
     report: Dict[str, Any] = {
         "schema": 1,
@@ -338,6 +356,7 @@ def main() -> None:
             "eval_images": eval_images, "naive_eval_images": naive_eval_images, "mapper_mode": args.mapper_mode,
             "config": osp.relpath(args.config, REPO), "warmup": args.warmup, "repeats": args.repeats,
             "text_checkpointing": args.text_checkpointing, "threads": args.threads or torch.get_num_threads(),
+            "isolated_processes": isolate,
         },
         "load_average_start": load_average(),
         "results": [],
@@ -357,7 +376,7 @@ def main() -> None:
                         "text_checkpointing": args.text_checkpointing,
                     }
                     log(f"{classes} classes, {prec}, {path}: {' + '.join(phases)} (load average {load_average()})")
-                    result = spawn(job)
+                    result = spawn(job) if isolate else run_here(job)
                     if "error" in result:
                         entry.setdefault("errors", {}).update({phase: result["error"] for phase in phases})
                         log(f"  failed: {result['error']}")

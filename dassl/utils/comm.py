@@ -80,7 +80,11 @@ def cleanup_distributed() -> None:
 
 def barrier() -> None:
     """Wait until every process gets here (no-op when not distributed)."""
-    if is_distributed():
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":  # name this process's GPU (else nccl guesses and warns)
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 
