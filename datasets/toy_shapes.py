@@ -2,17 +2,30 @@
 
 Generated once into ``<DATASET.ROOT>/toy_shapes/``::
 
-    images/<class>/<nnnn>.png     64x64 RGB, random colours, size, position, rotation
+    images/<class>/<nnnn>.png     64x64 RGB: one filled shape in its class colour on a grey-ish background
     split_toy_shapes.json         split_zhou format, paths relative to images/
+    GENERATOR                     which version of this generator drew the images (see ``GENERATOR_VERSION``)
 
-Per class 24 train / 8 val / 12 test images. Generation is deterministic (its own ``random.Random`` with a fixed
-seed, so it neither depends on nor consumes the global ``random`` that ``SEED`` controls) and atomic: everything is
-written into a temp folder beside the target, which is then renamed into place, so concurrent runs and interrupted
-runs never see a half-written dataset. After generation it behaves like every other split-file dataset
-(few-shot cache, base/new = 5/5 classes).
+Per class 24 train / 8 val / 12 test images. Size, position and rotation are random; the background is a random
+low-saturation tone, dark or light, so the shape always stands out.
+
+Colour is a class cue on purpose: every class has its own foreground hue (``CLASS_COLOURS``, ten hues around the
+colour wheel, with a small per-image jitter of hue, saturation and value). The demo and the tests run a CLIP with
+random weights (``random:tiny``), whose frozen features keep the colour of an image but not the outline of a
+shape, so with colour alone varying per class they can still show that training lifts accuracy far above chance.
+The base classes (labels 0-4) and the novel ones (5-9) each alternate around the wheel, so both halves are
+separable. Accuracy on ToyShapes therefore says nothing about shape recognition; it checks the pipeline.
+
+Generation is deterministic (its own ``random.Random`` with a fixed seed, so it neither depends on nor consumes
+the global ``random`` that ``SEED`` controls) and atomic: everything is written into a temp folder beside the
+target, which is then renamed into place, so concurrent runs and interrupted runs never see a half-written
+dataset. A folder drawn by another generator version (e.g. the first one, whose colours were random) is reported
+with a one-line error asking to delete it, never silently mixed with new images. After generation it behaves like
+every other split-file dataset (few-shot cache, base/new = 5/5 classes).
 """
 from __future__ import annotations
 
+import colorsys
 import math
 import os
 import random
@@ -28,12 +41,27 @@ from .common import SplitDataset, write_json_atomic
 
 #: label order (label i = CLASSNAMES[i])
 CLASSNAMES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent", "pentagon", "arrow")
+#: class -> (colour name used in descriptions/toy_shapes.json, hue in degrees). Base classes red, yellow, green,
+#: sky blue, purple and novel classes orange, lime, teal, blue, magenta interleave around the wheel (>= 27 deg apart).
+CLASS_COLOURS = {
+    "circle": ("red", 0.0), "square": ("yellow", 55.0), "triangle": ("green", 125.0), "star": ("sky blue", 200.0),
+    "hexagon": ("purple", 280.0), "cross": ("orange", 28.0), "ring": ("lime", 88.0), "crescent": ("teal", 165.0),
+    "pentagon": ("blue", 235.0), "arrow": ("magenta", 315.0),
+}
+HUE_JITTER = 5.0  # degrees, either way: well under half the smallest gap between two class hues
+FOREGROUND_SATURATION = (0.7, 1.0)
+FOREGROUND_VALUE = (0.75, 1.0)
+BACKGROUND_SATURATION = (0.0, 0.15)  # grey-ish, so the background never carries a class hue
+BACKGROUND_VALUES = ((0.05, 0.3), (0.75, 0.95))  # dark or light, chosen at random per image
 SPLIT_SIZES = {"train": 24, "val": 8, "test": 12}  # images per class
 IMAGE_SIZE = 64
 GENERATION_SEED = 20250825  # fixed: the dataset is the same on every machine, whatever SEED a run uses
+GENERATOR_VERSION = "2"  # bump whenever the drawn images change; 1 = random colours (no marker file)
+GENERATOR_FILE = "GENERATOR"
 SUPERSAMPLE = 4  # draw at 4x and downscale, for anti-aliased edges
 
 Point = Tuple[float, float]
+RGB = Tuple[int, int, int]
 
 
 def _regular_polygon(n: int, radius: float, phase: float = -math.pi / 2) -> List[Point]:
@@ -65,16 +93,27 @@ def _outline(shape: str, r: float) -> List[Point]:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _colour(rng: random.Random) -> Tuple[int, int, int]:
-    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+def _hsv(hue_degrees: float, saturation: float, value: float) -> RGB:
+    r, g, b = colorsys.hsv_to_rgb((hue_degrees / 360.0) % 1.0, saturation, value)
+    return (round(255 * r), round(255 * g), round(255 * b))
+
+
+def class_colour(shape: str, rng: random.Random) -> RGB:
+    """The foreground colour of one image of ``shape``: its class hue, jittered slightly."""
+    hue = CLASS_COLOURS[shape][1] + rng.uniform(-HUE_JITTER, HUE_JITTER)
+    return _hsv(hue, rng.uniform(*FOREGROUND_SATURATION), rng.uniform(*FOREGROUND_VALUE))
+
+
+def background_colour(rng: random.Random) -> RGB:
+    """A random dark or light low-saturation tone (any hue, too little saturation to look like a class colour)."""
+    value_range = rng.choice(BACKGROUND_VALUES)
+    return _hsv(rng.uniform(0.0, 360.0), rng.uniform(*BACKGROUND_SATURATION), rng.uniform(*value_range))
 
 
 def draw_shape(shape: str, rng: random.Random) -> Image.Image:
-    """One 64x64 RGB image of ``shape`` with random background/foreground colour, size, position and rotation."""
-    background = _colour(rng)
-    foreground = _colour(rng)
-    while sum(abs(a - b) for a, b in zip(background, foreground)) < 240:  # keep the shape clearly visible
-        foreground = _colour(rng)
+    """One 64x64 RGB image of ``shape`` in its class colour, random background tone, size, position, rotation."""
+    background = background_colour(rng)
+    foreground = class_colour(shape, rng)
     size = IMAGE_SIZE * SUPERSAMPLE
     r = rng.uniform(0.22, 0.4) * size
     cx, cy = rng.uniform(r + 2, size - r - 2), rng.uniform(r + 2, size - r - 2)
@@ -104,7 +143,8 @@ def draw_shape(shape: str, rng: random.Random) -> Image.Image:
 
 
 def generate_toy_shapes(target_dir: str, split_file: str) -> None:
-    """Create ``target_dir`` (images + split file) atomically; a no-op if another run already created it."""
+    """Create ``target_dir`` (images, split file, generator marker) atomically; a no-op if another run already
+    created it."""
     parent = os.path.dirname(target_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(target_dir)}-", dir=parent)
@@ -125,6 +165,8 @@ def generate_toy_shapes(target_dir: str, split_file: str) -> None:
                         split[split_name].append([relpath, label, shape])
                         break
         write_json_atomic(split, os.path.join(tmp_dir, split_file))
+        with open(os.path.join(tmp_dir, GENERATOR_FILE), "w", encoding="utf-8") as f:  # inside the temp dir
+            f.write(GENERATOR_VERSION + "\n")
         try:
             os.rename(tmp_dir, target_dir)
         except OSError:
@@ -134,6 +176,15 @@ def generate_toy_shapes(target_dir: str, split_file: str) -> None:
     finally:
         if os.path.isdir(tmp_dir):
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def generator_version(dataset_dir: str) -> str:
+    """The generator version recorded in ``dataset_dir`` ("1" for folders from before the marker existed)."""
+    path = os.path.join(dataset_dir, GENERATOR_FILE)
+    if not os.path.isfile(path):
+        return "1"
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
 
 
 @DATASET_REGISTRY.register()
@@ -148,6 +199,14 @@ class ToyShapes(SplitDataset):
         if os.path.isdir(self.dataset_dir):
             # Only ever created complete (atomic rename), so a folder without its split file was made by hand.
             self.source.require_file(self.split_path, "split file", f"delete {self.dataset_dir} to regenerate it")
+            found = generator_version(self.dataset_dir)
+            if found != GENERATOR_VERSION:
+                # Never mix images of two generators (nor reuse few-shot caches of old images): ask for a redraw.
+                raise self.source.invalid(
+                    "dataset folder", self.dataset_dir,
+                    f"was drawn by ToyShapes generator version {found}, this is version {GENERATOR_VERSION}; "
+                    "delete the folder to regenerate it",
+                )
             return
         print(f"Generating the ToyShapes dataset in {self.dataset_dir}")
         generate_toy_shapes(self.dataset_dir, self.split_file)

@@ -1,10 +1,13 @@
-"""ToyShapes: generation (format, determinism, atomicity, concurrency) and the shared few-shot / base-new helpers."""
+"""ToyShapes: generation (format, class colours, determinism, atomicity, concurrency, generator version) and the
+shared few-shot / base-new helpers."""
 import hashlib
 import json
 import multiprocessing
 import os
 import random
+import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -174,3 +177,71 @@ def test_base_new(toy_root, subsample, names):
         assert all(d.classname == names[d.label] for d in split)
     assert len(dataset.test) == 5 * 12
     assert len(dataset.train_x) == 5 * 2
+
+
+# Colour is a class cue on purpose (datasets/toy_shapes.py docstring): hues in degrees, written here from the docs.
+CLASS_HUES = {"circle": ("red", 0), "square": ("yellow", 55), "triangle": ("green", 125), "star": ("sky blue", 200),
+              "hexagon": ("purple", 280), "cross": ("orange", 28), "ring": ("lime", 88), "crescent": ("teal", 165),
+              "pentagon": ("blue", 235), "arrow": ("magenta", 315)}
+
+
+def hsv(pixels):
+    """(..., 3) uint8 RGB -> hue in degrees [0, 360), saturation and value in [0, 1] (the usual hexcone model)."""
+    rgb = pixels.astype(np.float64) / 255.0
+    value, low = rgb.max(-1), rgb.min(-1)
+    chroma = value - low
+    saturation = np.where(value > 0, chroma / np.maximum(value, 1e-12), 0.0)
+    r, g, b = np.moveaxis(rgb, -1, 0)
+    safe = np.maximum(chroma, 1e-12)
+    hue = np.where(value == r, ((g - b) / safe) % 6, np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    return 60.0 * hue % 360.0, saturation, value
+
+
+def hue_distance(a, b):
+    d = np.abs(np.asarray(a) - b) % 360.0
+    return np.minimum(d, 360.0 - d)
+
+
+def test_each_class_has_its_own_colour_on_a_grey_background(toy_root):
+    images = toy_root / "toy_shapes" / "images"
+    for shape, (_, class_hue) in CLASS_HUES.items():
+        for name in sorted(os.listdir(images / shape)):
+            pixels = np.asarray(Image.open(images / shape / name).convert("RGB"))
+            hue, saturation, value = hsv(pixels)
+            shape_pixels = saturation > 0.5  # the background is at most 15% saturated, the shape at least 70%
+            assert shape_pixels.mean() > 0.05, (shape, name)  # the shape is clearly there
+            # The shape's hue is its class hue (jitter +-5 deg, a few more for anti-aliasing and 8-bit rounding)
+            # and closer to it than to any other class hue.
+            shape_hue = np.median(hue[shape_pixels])
+            assert hue_distance(shape_hue, class_hue) <= 8, (shape, name, shape_hue)
+            nearest = min(CLASS_HUES, key=lambda other: hue_distance(shape_hue, CLASS_HUES[other][1]))
+            assert nearest == shape, (shape, name, shape_hue)
+            # Corners are always background (the shape keeps its circumradius away from the borders): grey-ish,
+            # dark or light.
+            corners = np.stack([pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]])
+            _, corner_saturation, corner_value = hsv(corners)
+            assert (corner_saturation <= 0.16).all(), (shape, name, corner_saturation)
+            assert ((corner_value <= 0.31) | (corner_value >= 0.74)).all(), (shape, name, corner_value)
+
+
+def test_folder_of_an_older_generator_is_reported(tmp_path, toy_root):
+    # A folder drawn by version 1 (random colours, no GENERATOR marker) must not be reused silently.
+    shutil.copytree(toy_root / "toy_shapes", tmp_path / "toy_shapes")
+    (tmp_path / "toy_shapes" / "GENERATOR").unlink()
+    with pytest.raises(ValueError) as info:
+        build_dataset(make_cfg(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / "toy_shapes") in message and "version 1" in message
+    assert "delete the folder to regenerate it" in message and "DATASETS.md#toyshapes" in message
+
+
+def test_descriptions_name_each_class_colour_and_shape():
+    path = os.path.join(os.path.dirname(__file__), "..", "descriptions", "toy_shapes.json")
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    assert list(table) == EXPECTED_CLASSES
+    for shape, sentences in table.items():
+        colour = CLASS_HUES[shape][0]
+        assert len(set(sentences)) >= 5
+        assert all(shape in sentence and colour in sentence for sentence in sentences), shape

@@ -2,46 +2,21 @@
 
 - ToyShapes base-to-novel in miniature: train on base (val per epoch, model-best), test base, load the checkpoint
   for the novel classes; checkpoints hold only the prompt learner; results.json records every evaluation.
-- Learning: with random CLIP weights ToyShapes is not learnable (a linear probe on random:tiny features is at
-  chance), so accuracy is checked on a task whose class signal survives random features: colour-coded patches
-  (fp32 and bf16 autocast), where the same trainer must go far above chance.
+- Learning: a short training on the ToyShapes base classes lifts base test accuracy far above chance (20%), in fp32
+  and under bf16 autocast. The CLIP weights are random, so what is learnt is the colour that each ToyShapes class
+  has on purpose (random features keep colour, not outlines); that is enough to show that the prompts are trained.
 """
 import json
-import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 from dassl.engine import build_trainer
 from dassl.utils import load_checkpoint, set_random_seed
 from train import build_parser, setup_cfg
 
 CONFIG = "configs/trainers/HiCroPL/demo_tiny.yaml"
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30),
-           "purple": (150, 30, 200)}
-
-
-@DATASET_REGISTRY.register(force=True)
-class ColourPatches(DatasetBase):
-    """5 classes of 32x32 noisy patches whose mean colour is the class (16 train / 4 val / 10 test per class)."""
-
-    def __init__(self, cfg):
-        root = os.path.join(cfg.DATASET.ROOT, "colour_patches")
-        rng = np.random.default_rng(0)
-        splits = {"train": [], "val": [], "test": []}
-        for label, (name, colour) in enumerate(COLOURS.items()):
-            for split, count in (("train", 16), ("val", 4), ("test", 10)):
-                for i in range(count):
-                    path = os.path.join(root, f"{name}_{split}_{i}.png")
-                    if not os.path.exists(path):
-                        os.makedirs(root, exist_ok=True)
-                        pixels = np.clip(np.array(colour) * 0.6 + rng.uniform(0, 100, (32, 32, 3)), 0, 255)
-                        Image.fromarray(pixels.astype(np.uint8)).save(path)
-                    splits[split].append(Datum(impath=path, label=label, classname=name))
-        super().__init__(train_x=splits["train"], val=splits["val"], test=splits["test"])
+BASE_CLASSES = ["circle", "square", "triangle", "star", "hexagon"]  # ToyShapes labels 0-4
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +29,10 @@ def cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HICROPL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hicropl_cache"))
 
 
-def make_trainer(data_root, output_dir, *opts, dataset="configs/datasets/toy_shapes.yaml", dataset_name=None):
+def make_trainer(data_root, output_dir, *opts):
     argv = ["--root", data_root, "--seed", "1", "--trainer", "HiCroPL", "--config-file", CONFIG,
-            "--output-dir", str(output_dir)]
-    argv += ["--dataset-config-file", dataset] if dataset_name is None else []
-    argv += ["USE_CUDA", "False", *map(str, opts)] + ([] if dataset_name is None else ["DATASET.NAME", dataset_name])
-    cfg = setup_cfg(build_parser().parse_args(argv))
+            "--dataset-config-file", "configs/datasets/toy_shapes.yaml", "--output-dir", str(output_dir)]
+    cfg = setup_cfg(build_parser().parse_args(argv + ["USE_CUDA", "False", *map(str, opts)]))
     set_random_seed(cfg.SEED)
     return build_trainer(cfg)
 
@@ -94,13 +67,17 @@ def test_toy_shapes_base_to_novel_pipeline(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16"])
-def test_training_lifts_accuracy_far_above_chance(data_root, tmp_path, prec):
-    descriptions = tmp_path / "colours.json"  # a user's own description file; one class left to the fallback
-    descriptions.write_text(json.dumps({name: [f"a {name} patch.", f"noise on {name}."] for name in list(COLOURS)[1:]}))
-    trainer = make_trainer(data_root, tmp_path, "TRAINER.HICROPL.PREC", prec, "TRAINER.HICROPL.DESCRIPTIONS",
-                           descriptions, "TRAINER.HICROPL.DESCRIPTIONS_FALLBACK", True, "TEST.FINAL_MODEL", "last_step",
-                           dataset_name="ColourPatches")
+def test_training_lifts_base_accuracy_far_above_chance(data_root, tmp_path, prec):
+    # A user's own description file, one base class left to the fallback ("a photo of a <class>.").
+    descriptions = tmp_path / "shapes.json"
+    descriptions.write_text(json.dumps({name: [f"a {name}.", f"a drawing of a {name}."] for name in BASE_CLASSES[1:]}))
+    # 30 epochs of 7 steps: base test accuracy 72-83% over seeds 1-4 in both precisions, a few seconds each.
+    trainer = make_trainer(data_root, tmp_path, "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.HICROPL.PREC", prec,
+                           "OPTIM.MAX_EPOCH", 30, "OPTIM.LR", 0.005, "TEST.FINAL_MODEL", "last_step",
+                           "TRAINER.HICROPL.DESCRIPTIONS", descriptions, "TRAINER.HICROPL.DESCRIPTIONS_FALLBACK", True)
+    assert trainer.dm.dataset.classnames == BASE_CLASSES
     before = trainer.test()
     trainer.train()
     after, _ = final_test_record(tmp_path)
-    assert before < 40.0 and after["accuracy"] >= 80.0, (before, after["accuracy"])  # chance: 20%
+    assert after["subsample"] == "base" and after["n"] == 5 * 12
+    assert before < 40.0 and after["accuracy"] >= 50.0, (before, after["accuracy"])  # chance: 20%
