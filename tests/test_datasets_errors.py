@@ -64,7 +64,11 @@ def write_image(path):
 def test_datasets_md_has_a_section_per_dataset():
     text = (REPO / "DATASETS.md").read_text()
     headings = set(re.findall(r"^## (\S+)$", text, flags=re.M))
-    assert set(DATASET_REGISTRY.registered_names()) <= headings
+    # Only the library's datasets: other test modules register their own small datasets in the same registry.
+    library = {name for name in DATASET_REGISTRY.registered_names()
+               if DATASET_REGISTRY.get(name).__module__.startswith("datasets.")}
+    assert len(library) == 16
+    assert library <= headings
 
 
 @pytest.mark.parametrize("name", sorted(FOLDERS))
