@@ -8,7 +8,8 @@
 What is measured, per (class count, precision, path):
   train  one optimisation step as ``HiCroPL.forward_backward`` does it: forward (prompt learner, text tower over all
          classes, prompted and teacher image towers, loss), backward, optimizer step. Median over ``--repeats``
-         steps after ``--warmup`` steps.
+         steps after ``--warmup`` steps (the minimum is reported too: on a shared machine it is the least
+         disturbed).
   eval   one full evaluation of N images (``--eval-images``) in batches of ``--eval-batch-size``: eval mode, no
          grad, logits of every batch, including the once-per-evaluation prompt-learner and text pass. Reported as
          images/s (median over ``--repeats`` evaluations, after a one-batch warm-up).
@@ -153,7 +154,8 @@ def measure_train(job: Dict[str, Any], model, optim, scaler, device: torch.devic
             + (" (warm-up)" if step < job["warmup"] else ""))
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss {loss.item()}")
-    return {"batch_size": job["batch_size"], "step_s": times, "step_s_median": statistics.median(times)}
+    return {"batch_size": job["batch_size"], "step_s": times, "step_s_median": statistics.median(times),
+            "step_s_min": min(times)}
 
 
 @torch.no_grad()
@@ -185,7 +187,7 @@ def measure_eval(job: Dict[str, Any], model, device: torch.device) -> Dict[str, 
             f"({n_images / times[-1]:.2f} images/s)")
     median = statistics.median(times)
     return {"images": n_images, "batch_size": job["eval_batch_size"], "eval_s": times, "eval_s_median": median,
-            "images_per_s": n_images / median}
+            "images_per_s": n_images / median, "images_per_s_best": n_images / min(times)}
 
 
 def run_child(job: Dict[str, Any]) -> Dict[str, Any]:

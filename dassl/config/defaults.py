@@ -100,6 +100,8 @@ _C.DATALOADER.K_TRANSFORMS = 1
 # Also return the un-augmented image as "img0" (True/False).
 _C.DATALOADER.RETURN_IMG0 = False
 # Labelled training loader: sampler ("RandomSampler" or "SequentialSampler") and batch size.
+# BATCH_SIZE is the global batch: under torchrun with N processes each takes BATCH_SIZE / N samples of
+# every batch (must divide; only "RandomSampler" there), so results match one process with the same value.
 _C.DATALOADER.TRAIN_X = CN()
 _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
@@ -114,7 +116,8 @@ _C.DATALOADER.TRAIN_U.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_U.BATCH_SIZE = 32
 _C.DATALOADER.TRAIN_U.N_DOMAIN = 0
 _C.DATALOADER.TRAIN_U.N_INS = 16
-# Validation and test loaders: sampler and batch size.
+# Validation and test loaders: sampler and batch size (under torchrun: ceil(BATCH_SIZE / N) per process,
+# each process evaluating its own 1/N of the split).
 _C.DATALOADER.TEST = CN()
 _C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
 _C.DATALOADER.TEST.BATCH_SIZE = 32
