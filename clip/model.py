@@ -71,12 +71,29 @@ class BatchNorm2d(nn.BatchNorm2d):
         return super().forward(x.float()).to(x.dtype)
 
 
+class _QuickGELUFunction(torch.autograd.Function):
+    """x * sigmoid(1.702 x) that keeps only x for backward (autograd would also keep sigmoid(1.702 x), one more
+    (B, N, 4D) tensor per block) and recomputes the sigmoid there."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return (x * 1.702).sigmoid_().mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x * 1.702)
+        # d/dx [x s(1.702x)] = s + 1.702 x s (1 - s)
+        return grad * s * (1 + 1.702 * x * (1 - s))
+
+
 class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            return x * torch.sigmoid(1.702 * x)
+            return _QuickGELUFunction.apply(x)
         # Without autograd: one (B, N, 4D) buffer instead of three (the MLP's largest tensors).
         return (x * 1.702).sigmoid_().mul_(x)
 
@@ -121,15 +138,21 @@ class SelfAttention(nn.Module):
         prefix (1, P, D), rows (n, S, D) -> ((1, P, D), (n, S, D)): the prefix attends causally to itself; row
         token j attends to the whole prefix and to row tokens 0..j. Equals ``forward(cat(prefix, rows), True)``.
         """
-        q_p, k_p, v_p = self._qkv(prefix)
-        q_r, k_r, v_r = self._qkv(rows)
-        n, length = rows.shape[0], prefix.shape[1]
-        keys = torch.cat([k_p.expand(n, -1, -1, -1), k_r], dim=2)  # (n, heads, P + S, head_dim)
-        values = torch.cat([v_p.expand(n, -1, -1, -1), v_r], dim=2)
-        mask = torch.ones(rows.shape[1], length + rows.shape[1], dtype=torch.bool, device=rows.device)
-        mask = mask.tril(diagonal=length)  # row token j sees keys 0 .. P + j
-        return (self._merge(F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)),
-                self._merge(F.scaled_dot_product_attention(q_r, keys, values, attn_mask=mask)))
+        q_p, k_p, v_p = self._qkv(prefix)  # (1, heads, P, head_dim)
+        q_r, k_r, v_r = self._qkv(rows)  # (n, heads, S, head_dim)
+        n, heads, length, head_dim = q_r.shape
+        prefix_length = prefix.shape[1]
+        q_r = q_r * head_dim ** -0.5
+        # Scores against the prefix keys as one (heads, n*S, head_dim) @ (heads, head_dim, P) product: the prefix
+        # keys and values are never copied per row (n copies would be most of the text tower's training memory).
+        q_heads = q_r.transpose(0, 1).reshape(heads, n * length, head_dim)
+        to_prefix = (q_heads @ k_p[0].transpose(1, 2)).view(heads, n, length, prefix_length).transpose(0, 1)
+        to_rows = (q_r @ k_r.transpose(2, 3)).masked_fill(  # (n, heads, S, S), causal within the row
+            torch.ones(length, length, dtype=torch.bool, device=rows.device).triu(1), float("-inf"))
+        probs = torch.cat([to_prefix, to_rows], dim=-1).float().softmax(dim=-1).to(q_r.dtype)  # (n, heads, S, P+S)
+        from_prefix = probs[..., :prefix_length].transpose(0, 1).reshape(heads, n * length, prefix_length) @ v_p[0]
+        out = probs[..., prefix_length:] @ v_r + from_prefix.view(heads, n, length, head_dim).transpose(0, 1)
+        return self._merge(F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)), self._merge(out)
 
 
 class ResidualAttentionBlock(nn.Module):
