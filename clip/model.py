@@ -437,14 +437,16 @@ class ModifiedResNet(nn.Module):
 class CLIP(nn.Module):
     """Contrastive image-text model: `encode_image`, `encode_text` and the scaled cosine logits of `forward`."""
 
-    # Two exact shortcuts of encode_text (see there), on by default; set on an instance or on the class. Turned off,
-    # they give the same features at several times the cost, as the reference implementation does (the naive path
-    # of scripts/benchmark.py):
-    # truncate_text: compute only the first max(EOT position) + 1 positions, not all context_length;
+    # Two exact shortcuts of encode_text (see there); set on an instance or on the class. Turned off, they give the
+    # same features at several times the cost, as the reference implementation does (the naive path of
+    # scripts/benchmark.py):
+    # truncate_text (default True): compute only the first max(EOT position) + 1 positions, not all context_length;
     # share_text_prefix: compute the token prefix common to all texts of a batch (start token + shared prompt
-    #   tokens, e.g. "X X ... X" before the class names) once instead of once per text.
+    #   tokens, e.g. "X X ... X" before the class names) once instead of once per text. It saves ~4x of the text
+    #   tower's work and training memory but runs each block as two parts (more, smaller kernels), so it pays where
+    #   compute is the limit: None (default) = on CPU only; True / False force it.
     truncate_text: bool = True
-    share_text_prefix: bool = True
+    share_text_prefix: Optional[bool] = None
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -537,10 +539,12 @@ class CLIP(nn.Module):
         """Length P of the prefix that `encode_text` computes once for all n texts, or 0 (no sharing).
 
         text (n, length) token ids, eot (n,) EOT positions. P = the longest common token prefix, capped at the
-        first EOT (every text keeps its EOT after the prefix); used only when n > 1, P > m (the prompt positions
-        1..m lie inside the prefix) and the prompts are shared (2-D), since per-text prompts differ between texts.
+        first EOT (every text keeps its EOT after the prefix); used only when enabled (`share_text_prefix`), n > 1,
+        P > m (the prompt positions 1..m lie inside the prefix) and the prompts are shared (2-D), since per-text
+        prompts differ between texts.
         """
-        if not self.share_text_prefix or text.shape[0] < 2:
+        share = self.share_text_prefix if self.share_text_prefix is not None else text.device.type == "cpu"
+        if not share or text.shape[0] < 2:
             return 0
         if prompts is not None and any(p is not None and p.dim() == 3 for p in prompts):
             return 0

@@ -18,9 +18,9 @@ What is measured, per (class count, precision, path):
          fresh child process (a process's peak RSS cannot be reset); on CUDA all run in this process, the peak
          counter reset before each phase (``--isolate``: one child process per path there too).
 Paths:
-  optimised  the library's defaults: the text tower stops at the longest EOT token and computes the prompt prefix
-             shared by all class texts once, the text side runs once per evaluation, the frozen teacher is the
-             backbone's own visual tower.
+  optimised  the library's defaults: the text tower stops at the longest EOT token and (on CPU) computes the prompt
+             prefix shared by all class texts once, the text side runs once per evaluation, the frozen teacher is
+             the backbone's own visual tower.
   naive      the released code's work: all 77 text positions for every class (``CLIP.truncate_text = False``,
              ``CLIP.share_text_prefix = False``), the text side per batch (``CustomCLIP.cache_eval_text =
              False``), a second frozen CLIP as the teacher.

@@ -103,6 +103,7 @@ def test_shared_prefix_needs_the_prompt_slots_inside_it():
     clip_model, _ = clip.load("random:tiny")
     tokens = clip.tokenize(["a cat.", "a dog."])  # common prefix: SOT, "a"
     eot = tokens.argmax(dim=-1)
+    assert clip_model.share_text_prefix is None  # default: automatic, i.e. on for CPU tensors
     assert clip_model.shared_prefix(tokens, eot, 0, None) == 2
     assert clip_model.shared_prefix(tokens, eot, 2, None) == 0  # prompts at positions 1..2 reach beyond it
     assert clip_model.shared_prefix(tokens[:1], eot[:1], 0, None) == 0  # a single text: nothing to share
