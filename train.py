@@ -101,11 +101,6 @@ def extend_cfg(cfg: CN) -> None:
     # "all", "base" (first ceil(n/2) labels) or "new" (the rest); labels are renumbered from 0.
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"
     add_trainer_cfg(cfg)
-    # Activation checkpointing of HiCroPL's text tower (True/False, default False): while training, each text
-    # block keeps only its input and is recomputed in backward. Same results, less memory, more time; useful
-    # for large class counts (the text side runs over all classes every step). Measured (scripts/benchmark.py,
-    # random:ViT-B/16, 1000 classes, batch 4, CPU fp32): peak memory 4.6 -> 3.0 GB, step time +30%.
-    cfg.TRAINER.HICROPL.TEXT_CHECKPOINTING = False
 
 
 def setup_cfg(args: argparse.Namespace) -> CN:

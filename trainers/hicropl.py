@@ -542,8 +542,7 @@ class CustomCLIP(nn.Module):
         self.precision = PRECISION_TABLE[hc.PREC]
         self.lambd = hc.LAMBD
         self.clip_model = clip_model
-        # TEXT_CHECKPOINTING is declared by train.py's extend_cfg; configs built without it keep the default (off).
-        clip_model.transformer.checkpointing = bool(hc.get("TEXT_CHECKPOINTING", False))
+        clip_model.transformer.checkpointing = hc.TEXT_CHECKPOINTING
         # None: the teacher is the backbone's own visual tower with prompts off (no second copy).
         self.teacher = teacher
         for frozen in (self.clip_model, self.teacher):
