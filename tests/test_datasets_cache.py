@@ -7,25 +7,15 @@ import struct
 
 import pytest
 
-from dassl.config import get_cfg_default
 from dassl.data.datasets import Datum, build_dataset
 
 import datasets  # noqa: F401  (registers every dataset)
 from datasets import common
+from dataset_cfg import make_cfg
 
 DATUM_ATTRS = {"_impath", "_label", "_domain", "_classname"}
 
 
-def make_cfg(root, name="ToyShapes", shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # added by train.py's extend_cfg
-        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    return cfg
 
 
 def dassl_pickle(splits):

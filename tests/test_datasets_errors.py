@@ -1,4 +1,5 @@
 """Bad input: one clear line naming the expected path and the DATASETS.md section; nothing cached by a failed read."""
+import functools
 import json
 import os
 import re
@@ -7,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY, build_dataset
 from dassl.utils import UserError
 
 import datasets  # noqa: F401  (registers every dataset)
+from dataset_cfg import make_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,16 +26,8 @@ FOLDERS = {
 }
 
 
-def make_cfg(root, name, shots=16, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # added by train.py's extend_cfg
-        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    return cfg
+# Dataset-yaml default: 16 shots.
+make_cfg = functools.partial(make_cfg, shots=16)
 
 
 def snapshot(root):

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from dassl.config import get_cfg_default
 from dassl.data.datasets import build_dataset
 
 import datasets  # noqa: F401  (registers every dataset)
+from dataset_cfg import make_cfg
 
 SHARED_CLASSNAMES = Path(__file__).resolve().parents[2] / "shared" / "classnames"
 pytestmark = pytest.mark.skipif(not SHARED_CLASSNAMES.is_dir(), reason="../shared/classnames not present")
@@ -60,16 +60,6 @@ def imagenet_lines(list_name="ImageNet.txt"):
     return [tuple(line.split(" ", 1)) for line in shared_names(list_name)]
 
 
-def make_cfg(root, name, shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # added by train.py's extend_cfg
-        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    return cfg
 
 
 # Expected split sizes, straight from the generation rules (Python round = half to even).

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dassl.config import get_cfg_default
 from dassl.data.datasets import build_dataset
 
 import datasets  # noqa: F401  (registers every dataset)
+from dataset_cfg import make_cfg
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 pytestmark = pytest.mark.skipif(not (SHARED / "splits").is_dir() or not (SHARED / "classnames").is_dir(),
@@ -46,16 +46,6 @@ REAL = {
 }
 
 
-def make_cfg(root, name, shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # added by train.py's extend_cfg
-        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    return cfg
 
 
 def place_split(root, name, template):

@@ -16,20 +16,11 @@ from dassl.data.datasets import build_dataset
 
 import datasets  # noqa: F401  (registers every dataset)
 from datasets import toy_shapes
+from dataset_cfg import make_cfg
 
 EXPECTED_CLASSES = ["circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent", "pentagon", "arrow"]
 
 
-def make_cfg(root, shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:  # added by train.py's extend_cfg
-        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = "ToyShapes"
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    return cfg
 
 
 def tree_digest(folder):
