@@ -19,7 +19,6 @@ from trainers.config import add_trainer_cfg
 from trainers.hicropl import (
     CACHE_ENV,
     CustomCLIP,
-    HiCroPLPromptLearner,
     HierarchicalKnowledgeMapper,
     LayerKnowledgeProxy,
     check_hicropl_cfg,
