@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dassl.data.datasets import Datum, DatasetBase
-from dassl.utils import UserError, listdir_nohidden, read_json
+from dassl.utils import MissingFileError, UserError, listdir_nohidden, read_json
 
 DOC_FILE = "DATASETS.md"
 SPLIT_FEWSHOT_DIR = "split_fewshot"
@@ -38,11 +38,8 @@ SUBSAMPLE_CHOICES = ("all", "base", "new")
 Split = List[Datum]
 
 
-class MissingDataError(UserError, FileNotFoundError):
-    """An expected dataset folder, split/annotation file or image is not there.
-
-    A ``UserError`` (train.py prints the one-line message, no traceback) that is also a ``FileNotFoundError``.
-    """
+class MissingDataError(MissingFileError):
+    """An expected dataset folder, split/annotation file or image is not there (one-line message, no traceback)."""
 
 
 @dataclass(frozen=True)

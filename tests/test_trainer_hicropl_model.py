@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 import clip
+from dassl.utils import load_checkpoint
 from trainers.config import add_trainer_cfg
 from trainers.hicropl import (
     CACHE_ENV,
@@ -23,7 +24,6 @@ from trainers.hicropl import (
     LayerKnowledgeProxy,
     check_hicropl_cfg,
     frozen_text_features,
-    read_checkpoint,
 )
 
 CLASSES = ["circle", "square", "triangle", "star", "hexagon"]
@@ -393,7 +393,7 @@ def test_released_checkpoint_file_with_pickled_objects(tiny, frozen_text, images
     torch.save({"state_dict": released_layout(source, tiny, len(CLASSES)), "epoch": 5,
                 "scheduler": module.ConstantWarmupScheduler(), "val_result": None}, path)
     del sys.modules[module.__name__]
-    checkpoint = read_checkpoint(str(path))
+    checkpoint = load_checkpoint(str(path))  # the engine's reader
     assert checkpoint["epoch"] == 5
     target = build(tiny, frozen_text, seed=13)
     target.load_state_dict(checkpoint["state_dict"])

@@ -19,10 +19,8 @@ import copy
 import hashlib
 import json
 import os
-import os.path as osp
 import pickle
 import tempfile
-import types
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ import clip
 from clip.model import CLIP, convert_weights
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import UserError, load_checkpoint
+from dassl.utils import UserError
 from descriptions import description_file, load_descriptions, too_long_for_context
 from trainers.config import MAPPER_MODES, PRECISIONS
 
@@ -455,33 +453,6 @@ def convert_released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "Orde
     return out
 
 
-class _PlaceholderUnpickler(pickle.Unpickler):
-    """Unpickles classes that do not exist here (the released Dassl's warm-up scheduler, pickled inside its
-    checkpoints, SPEC F13) as inert placeholder classes, so that the tensors of such a file can still be read."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return super().find_class(module, name)
-        except (AttributeError, ImportError):
-            return type(name, (), {"__module__": module})
-
-
-_placeholder_pickle = types.ModuleType("placeholder_pickle")
-_placeholder_pickle.Unpickler = _PlaceholderUnpickler
-_placeholder_pickle.load = pickle.load
-
-
-def read_checkpoint(path: str) -> dict:
-    """The engine's ``load_checkpoint``; a released-code checkpoint whose pickled scheduler classes do not exist here
-    is read with placeholders for them (only its ``state_dict`` is used). Unpickling runs code: trusted files only."""
-    try:
-        return load_checkpoint(path)
-    except (AttributeError, ImportError) as e:
-        print(f"Note: {path} pickles objects of classes that do not exist here ({e}); reading its tensors anyway")
-        map_location = None if torch.cuda.is_available() else "cpu"
-        return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_placeholder_pickle)
-
-
 def fuse(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
     """norm(norm(prompted) + frozen): the fused feature of SPEC §4.1 (frozen rows are unit vectors). (N, d).
 
@@ -723,24 +694,3 @@ class HiCroPL(TrainerX):
 
     def parse_batch_train(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         return batch["img"].to(self.device), batch["label"].to(self.device)
-
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load ``<directory>/VLPromptLearner/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``).
-
-        Accepts our checkpoints and the released code's (see ``CustomCLIP.load_state_dict``); loading is strict.
-        """
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
-            return
-        filename = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            path = osp.join(directory, name, filename)
-            if not osp.exists(path):
-                raise UserError(f'model not found at "{path}"; check --model-dir and --load-epoch')
-            checkpoint = read_checkpoint(path)
-            state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
-            print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
-            try:
-                self._models[name].load_state_dict(state_dict)
-            except UserError as e:  # say which file does not match
-                raise UserError(f"cannot load {path}: {e}") from None

@@ -46,6 +46,7 @@ from dassl.evaluation import build_evaluator
 from dassl.utils import (
     AverageMeter,
     MetricMeter,
+    MissingFileError,
     NonFiniteLossError,
     all_gather_object,
     all_reduce_mean,
@@ -67,6 +68,7 @@ from dassl.utils import (
     set_random_seed,
     set_rng_state,
     tolist_if_not,
+    UserError,
 )
 
 from .results import append_result
@@ -214,7 +216,11 @@ class TrainerBase:
         return checkpoint["epoch"]
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load ``<directory>/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each registered model."""
+        """Load ``<directory>/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each registered model.
+
+        A file holding a bare state dict (no ``state_dict`` entry) loads too; a model whose ``load_state_dict``
+        raises ``UserError`` (e.g. a checkpoint of another configuration) gets the file named in the message.
+        """
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
@@ -222,12 +228,16 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise MissingFileError(f'model not found at "{model_path}"; check --model-dir and --load-epoch')
             checkpoint = load_checkpoint(model_path)
+            state_dict = checkpoint.get("state_dict", checkpoint)
             val_result = checkpoint.get("val_result")
             shown = f"{val_result:.1f}" if val_result is not None else "None"
-            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+            print(f"Load {model_path} to {name} (epoch={checkpoint.get('epoch')}, val_result={shown})")
+            try:
+                self._models[name].load_state_dict(state_dict)
+            except UserError as e:
+                raise UserError(f"cannot load {model_path}: {e}") from None
         self._note_loaded_model(directory, epoch)
 
     def _note_loaded_model(self, directory: str, epoch: Optional[int]) -> None:

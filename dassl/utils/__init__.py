@@ -13,7 +13,7 @@ from .comm import (
     is_distributed,
     is_main_process,
 )
-from .errors import NonFiniteLossError, UserError
+from .errors import MissingFileError, NonFiniteLossError, UserError
 from .logger import Logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, RegistryLookupError, check_availability, get_most_similar_str_to_a_from_b

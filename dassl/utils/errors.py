@@ -10,6 +10,11 @@ class UserError(ValueError):
     """
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """An expected file or folder is not there: a ``UserError`` that is also a ``FileNotFoundError`` (what Dassl
+    raises in these places), so both kinds of caller keep working."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite (``TrainerBase.detect_anomaly``).
 
