@@ -8,8 +8,9 @@ What lives here (DATASETS_FACTS.md §2-§4):
   50/20/30) and :func:`split_trainval` (80/20);
 * the few-shot cache ``split_fewshot/shot_<K>-seed_<SEED>.pkl``: :func:`load_or_create_fewshot`;
 * the base/new class split: :func:`subsample_classes`;
-* atomic writes (temp file + ``os.replace``) so that an interrupted or failed run never leaves a half-written
-  split, few-shot or preprocessed file behind;
+* atomic writes (temp file + ``os.replace``, ``common.files``) so that an interrupted or failed run never leaves a
+  half-written split, few-shot or preprocessed file behind, each created under a folder lock so that parallel runs
+  (seeds) write it once and all read the same file, with the caller's umask so that lab-mates can read it;
 * :class:`SplitDataset`, the constructor pipeline shared by the datasets that have a split file.
 
 Randomness: split generation and few-shot sampling use Python's global ``random`` (seeded by ``SEED`` in
@@ -23,12 +24,13 @@ import math
 import os
 import pickle
 import random
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from common.errors import MissingFileError, UserError
+from common.files import atomic_write, folder_lock
 from dassl.data.datasets import Datum, DatasetBase
-from dassl.utils import MissingFileError, UserError, listdir_nohidden, read_json
+from dassl.utils import listdir_nohidden, read_json
 
 DOC_FILE = "DATASETS.md"
 SPLIT_FEWSHOT_DIR = "split_fewshot"
@@ -102,27 +104,6 @@ def make_datum(impath: str, label: int, classname: str, source: DataSource, list
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through a temp file in the same folder + ``os.replace``.
-
-    Readers (and concurrent runs writing the same cache) therefore only ever see a complete file; if ``write``
-    raises, nothing is left behind.
-    """
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
@@ -277,21 +258,23 @@ def load_or_create_fewshot(
     if num_shots < 1:
         return train, val
     path = fewshot_cache_path(split_fewshot_dir, num_shots, seed)
-    if os.path.isfile(path):
-        print(f"Loading preprocessed few-shot data from {path}")
-        data = read_pickle(path, source, "few-shot cache")
-        if not isinstance(data, dict) or "train" not in data or (val is not None and "val" not in data):
-            raise source.invalid("few-shot cache", path, "has an unexpected layout; delete it to rebuild it")
-        check_cached_paths(data["train"] + (data["val"] if val is not None else []), path, source)
-        return data["train"], (data["val"] if val is not None else None)
-    train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
-    data = {"train": train}
-    if val is not None:
-        val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-        data["val"] = val
-    print(f"Saving preprocessed few-shot data to {path}")
-    write_pickle_atomic(data, path)
-    return train, val
+    if not os.path.isfile(path):
+        with folder_lock(split_fewshot_dir):  # parallel runs of one seed: one samples and writes, the rest read
+            if not os.path.isfile(path):
+                train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
+                data = {"train": train}
+                if val is not None:
+                    val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
+                    data["val"] = val
+                print(f"Saving preprocessed few-shot data to {path}")
+                write_pickle_atomic(data, path)
+                return train, val
+    print(f"Loading preprocessed few-shot data from {path}")
+    data = read_pickle(path, source, "few-shot cache")
+    if not isinstance(data, dict) or "train" not in data or (val is not None and "val" not in data):
+        raise source.invalid("few-shot cache", path, "has an unexpected layout; delete it to rebuild it")
+    check_cached_paths(data["train"] + (data["val"] if val is not None else []), path, source)
+    return data["train"], (data["val"] if val is not None else None)
 
 
 def check_cached_paths(items: Sequence[Datum], cache_path: str, source: DataSource) -> None:
@@ -373,12 +356,17 @@ class SplitDataset(DatasetBase):
         """Hook run before the folder checks (ToyShapes generates itself here). Default: nothing."""
 
     def load_splits(self) -> Tuple[Split, Split, Split]:
-        """Read the split file; if it is absent, generate the split from the raw annotations and write it."""
-        if os.path.isfile(self.split_path):
-            return read_split(self.split_path, self.image_dir, self.source)
-        train, val, test = self.generate_split()
-        write_split(train, val, test, self.split_path, self.image_dir)
-        return train, val, test
+        """Read the split file; if it is absent, generate the split from the raw annotations and write it (once, under
+        a lock of its folder)."""
+        if not os.path.isfile(self.split_path):
+            # Parallel seeds on a fresh folder: the first generates and writes the split, the others wait for it and
+            # read it (generating their own would give each seed another split).
+            with folder_lock(os.path.dirname(self.split_path)):
+                if not os.path.isfile(self.split_path):
+                    train, val, test = self.generate_split()
+                    write_split(train, val, test, self.split_path, self.image_dir)
+                    return train, val, test
+        return read_split(self.split_path, self.image_dir, self.source)
 
     def generate_split(self) -> Tuple[Split, Split, Split]:
         """Build train/val/test from the raw annotations (uses the global ``random``)."""
