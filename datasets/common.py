@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -65,11 +66,15 @@ class DataSource:
         return UserError(f"{self.name}: {what} {path} {problem} (see {DOC_FILE}#{self.anchor})")
 
     def require_dir(self, path: str, what: str) -> str:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise self.invalid(what, path, "is a file, not a folder")
         if not os.path.isdir(path):
             raise self.missing(what, path, near_miss_hint(path))
         return path
 
     def require_file(self, path: str, what: str, hint: str = "") -> str:
+        if os.path.isdir(path):
+            raise self.invalid(what, path, "is a folder, not a file")
         if not os.path.isfile(path):
             raise self.missing(what, path, hint)
         return path
@@ -82,7 +87,7 @@ def near_miss_hint(path: str) -> str:
     """
     parent, name = os.path.split(os.path.normpath(path))
     if not os.path.isdir(parent):
-        return f"{parent} does not exist either"
+        return f"{parent} is a file, not a folder" if os.path.exists(parent) else f"{parent} does not exist either"
 
     def key(folder: str) -> str:
         return "".join(c for c in folder.lower() if c not in "-_ .")
@@ -250,7 +255,8 @@ def load_or_create_fewshot(
 ) -> Tuple[Split, Optional[Split]]:
     """Reduce ``train`` to ``num_shots`` images per class and ``val`` to ``min(num_shots, 4)``, with a disk cache.
 
-    ``num_shots < 1`` returns both unchanged. The cache pickle holds ``{"train": [...], "val": [...]}`` (only
+    ``num_shots < 1`` returns both unchanged; otherwise ``dataset.num_shots`` is set to the real K (:func:`real_shots`).
+    The cache pickle holds ``{"train": [...], "val": [...]}`` (only
     ``"train"`` when ``val`` is None, as for ImageNet) with the full class set, so base and new runs of a seed share
     it; it is interchangeable with the CoOp-family code's files. Sampling is the engine's
     ``DatasetBase.generate_fewshot_dataset`` (train first, then val: the order matters for reproducibility).
@@ -258,23 +264,42 @@ def load_or_create_fewshot(
     if num_shots < 1:
         return train, val
     path = fewshot_cache_path(split_fewshot_dir, num_shots, seed)
+    data = None
     if not os.path.isfile(path):
         with folder_lock(split_fewshot_dir):  # parallel runs of one seed: one samples and writes, the rest read
             if not os.path.isfile(path):
-                train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
-                data = {"train": train}
+                data = {"train": dataset.generate_fewshot_dataset(train, num_shots=num_shots)}
                 if val is not None:
-                    val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-                    data["val"] = val
+                    data["val"] = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
                 print(f"Saving preprocessed few-shot data to {path}")
                 write_pickle_atomic(data, path)
-                return train, val
-    print(f"Loading preprocessed few-shot data from {path}")
-    data = read_pickle(path, source, "few-shot cache")
-    if not isinstance(data, dict) or "train" not in data or (val is not None and "val" not in data):
-        raise source.invalid("few-shot cache", path, "has an unexpected layout; delete it to rebuild it")
-    check_cached_paths(data["train"] + (data["val"] if val is not None else []), path, source)
+    if data is None:
+        print(f"Loading preprocessed few-shot data from {path}")
+        data = read_pickle(path, source, "few-shot cache")
+        if not isinstance(data, dict) or "train" not in data or (val is not None and "val" not in data):
+            raise source.invalid("few-shot cache", path, "has an unexpected layout; delete it to rebuild it")
+        check_cached_paths(data["train"] + (data["val"] if val is not None else []), path, source)
+    dataset.num_shots = real_shots(data["train"], num_shots, source)
     return data["train"], (data["val"] if val is not None else None)
+
+
+def real_shots(train: Split, num_shots: int, source: DataSource) -> int:
+    """The K that a few-shot ``train`` really holds, for results.json's ``shots`` (read from ``dataset.num_shots``).
+
+    ``num_shots``, unless some classes have fewer training images than that: they keep all of theirs, and K is the
+    largest class's count (``NUM_SHOTS 100`` on 24 images per class is a 24-shot run). Then a warning line says so.
+    """
+    counts = Counter(item.label for item in train)
+    short = {label: n for label, n in counts.items() if n < num_shots}
+    if not short:
+        return num_shots
+    real = max(counts.values())
+    fewest = min(short, key=lambda label: (short[label], label))
+    classname = next(item.classname for item in train if item.label == fewest)
+    print(f"Warning: DATASET.NUM_SHOTS is {num_shots}, but {len(short)} of {len(counts)} {source.name} classes have "
+          f"fewer training images (fewest: {short[fewest]}, {classname!r}); they use all of their images, and results "
+          f"record shots = {real}")
+    return real
 
 
 def check_cached_paths(items: Sequence[Datum], cache_path: str, source: DataSource) -> None:

@@ -38,6 +38,7 @@ from common.files import atomic_write, folder_lock
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from descriptions import description_file, load_descriptions, too_long_for_context
+from trainers.checks import check_input_size
 from trainers.config import MAPPER_MODES, PRECISIONS
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -642,6 +643,7 @@ class HiCroPL(TrainerX):
 
         print(f"Loading CLIP (backbone: {backbone})")
         clip_model, _ = clip.load(backbone, device=self.device)
+        check_input_size(cfg.INPUT.SIZE, clip_model, backbone)
         check_hicropl_cfg(hc, device=self.device, clip_model=clip_model)
 
         path = Path(hc.DESCRIPTIONS) if hc.DESCRIPTIONS else description_file(cfg.DATASET.NAME)

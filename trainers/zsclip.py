@@ -17,9 +17,10 @@ from yacs.config import CfgNode
 
 import clip
 from clip.model import CLIP, convert_weights
+from common.errors import UserError
 from dassl.engine import TRAINER_REGISTRY, TrainerX
-from dassl.utils import UserError
 from descriptions import description_file, load_descriptions
+from trainers.checks import check_input_size
 from trainers.config import ZS_CLASSIFIERS
 from trainers.hicropl import PRECISION_TABLE, frozen_text_features
 
@@ -93,6 +94,7 @@ class ZeroshotCLIP(TrainerX):
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model, _ = clip.load(cfg.MODEL.BACKBONE.NAME, device=self.device)
+        check_input_size(cfg.INPUT.SIZE, clip_model, cfg.MODEL.BACKBONE.NAME)
         if zc.CLASSIFIER == "template":
             sentences = template_sentences(cfg.DATASET.NAME, classnames)
             print(f"Zero-shot classifier: template {sentences[0][0]!r} (first class)")
