@@ -26,7 +26,7 @@ import pickle
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from common.errors import MissingFileError, UserError
 from common.files import atomic_write, folder_lock
@@ -256,9 +256,9 @@ def load_or_create_fewshot(
     """Reduce ``train`` to ``num_shots`` images per class and ``val`` to ``min(num_shots, 4)``, with a disk cache.
 
     ``num_shots < 1`` returns both unchanged; otherwise ``dataset.num_shots`` is set to the real K (:func:`real_shots`).
-    The cache pickle holds ``{"train": [...], "val": [...]}`` (only
-    ``"train"`` when ``val`` is None, as for ImageNet) with the full class set, so base and new runs of a seed share
-    it; it is interchangeable with the CoOp-family code's files. Sampling is the engine's
+    The cache pickle holds ``{"train": [...], "val": [...]}`` (only ``"train"`` when ``val`` is None, as for ImageNet)
+    with the full class set, so base and new runs of a seed share it; it is interchangeable with the CoOp-family
+    code's files. It is written once, under a lock of its folder: parallel runs of a seed read the first one's file. Sampling is the engine's
     ``DatasetBase.generate_fewshot_dataset`` (train first, then val: the order matters for reproducibility).
     """
     if num_shots < 1:

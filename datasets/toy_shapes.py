@@ -19,9 +19,10 @@ separable. Accuracy on ToyShapes therefore says nothing about shape recognition;
 Generation is deterministic (its own ``random.Random`` with a fixed seed, so it neither depends on nor consumes
 the global ``random`` that ``SEED`` controls) and atomic: everything is written into a temp folder beside the
 target, which is then renamed into place, so interrupted runs never leave a half-written dataset; concurrent runs
-wait for the first one (a lock on the parent folder) and files and folders get the caller's umask. A folder drawn by another generator version (e.g. the first one, whose colours were random) is reported
-with a one-line error asking to delete it, never silently mixed with new images. After generation it behaves like
-every other split-file dataset (few-shot cache, base/new = 5/5 classes).
+wait for the first one (a lock on the parent folder), and files and folders get the caller's umask. A folder drawn
+by another generator version (e.g. the first one, whose colours were random) is reported with a one-line error
+asking to delete it, never silently mixed with new images. After generation it behaves like every other split-file
+dataset (few-shot cache, base/new = 5/5 classes).
 """
 from __future__ import annotations
 
