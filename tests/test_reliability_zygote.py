@@ -11,14 +11,14 @@ a forked run and a fresh interpreter print the same thing.
 Fault injection (test code applied inside the child before train.py runs; the code under test is unchanged):
   {"kind": "kill_in_save", "name": N, "nth": k}        the k-th ``torch.save`` of a temp file for target file N
                                                        writes half of its bytes, then the process SIGKILLs itself
-  {"kind": "enospc_in_save", "name": N, "nth": k}      the same half-written temp file, then the write fails with
-                                                       OSError ENOSPC (a full disk)
+  {"kind": "enospc_in_save", "name": N, "nth": k}      the k-th ``torch.save`` of a temp file for target file N
+                                                       writes a few bytes, then fails with OSError ENOSPC (full disk)
   {"kind": "enospc_on_open", "name": N, "nth": k}      the k-th ``open`` of a file named N for writing fails with
                                                        OSError ENOSPC (a disk full from the start)
   {"kind": "kill_before_replace", "name": N, "nth": k} the k-th ``os.replace(tmp, .../N)`` SIGKILLs the process
                                                        before renaming (the temp file is complete)
   {"kind": "kill_at_call", "function": "pkg.mod.f", "nth": k}  the k-th call of module attribute f SIGKILLs
-  "when_stdout_contains": S (any kill or ENOSPC fault)           count only calls made after the run printed S
+  "when_stdout_contains": S (any kill fault)           count only calls made after the run printed S
   {"kind": "nan_input", "trainer": T, "epoch": e, "batch": b}   trainer T sees NaN images at 1-based (e, b)
 """
 import json
@@ -69,20 +69,27 @@ def install_faults(faults, stdout_path):
 
     for fault in faults:
         kind = fault["kind"]
-        if kind in ("kill_in_save", "enospc_in_save"):
+        if kind == "kill_in_save":
             def save(obj, f, *args, _fault=fault, _real=torch.save, **kwargs):
                 path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)  # a path or a file
                 if path is not None and target_of_temp(path) == _fault["name"] and hit(_fault):
                     buffer = io.BytesIO()
                     _real(obj, buffer, *args, **kwargs)
                     data = buffer.getvalue()
-                    with open(path, "ab") as out:
+                    with open(path, "wb") as out:
                         out.write(data[: len(data) // 2])
                         out.flush()
                         os.fsync(out.fileno())
-                    if _fault["kind"] == "enospc_in_save":
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                     die()
+                return _real(obj, f, *args, **kwargs)
+            torch.save = save
+        elif kind == "enospc_in_save":
+            def save(obj, f, *args, _fault=fault, _real=torch.save, **kwargs):
+                path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+                if path is not None and target_of_temp(path) == _fault["name"] and hit(_fault):
+                    with open(path, "wb") as out:  # what fit on the disk: some bytes
+                        out.write(b"PK\x03\x04 half")
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 return _real(obj, f, *args, **kwargs)
             torch.save = save
         elif kind == "enospc_on_open":

@@ -578,14 +578,13 @@ class SimpleTrainer(TrainerBase):
         if not is_main_process():
             return
         cfg = self.cfg
-        # A dataset may set num_shots: the K its few-shot data really holds (fewer images than NUM_SHOTS asked for).
-        dataset = getattr(getattr(self, "dm", None), "dataset", None)
         record = {
             "split": split,
             "epoch": self._model_epoch,
             "dataset": cfg.DATASET.NAME,
             "subsample": cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
-            "shots": getattr(dataset, "num_shots", cfg.DATASET.NUM_SHOTS),
+            # a dataset may set num_shots: the K its few-shot data really holds (classes with fewer images)
+            "shots": getattr(getattr(self, "dm", None) and self.dm.dataset, "num_shots", cfg.DATASET.NUM_SHOTS),
             "seed": cfg.SEED,
             "trainer": cfg.TRAINER.NAME,
             "backbone": cfg.MODEL.BACKBONE.NAME,

@@ -38,8 +38,8 @@ __all__ = [
 def atomic_torch_save(obj: Any, fpath: str) -> None:
     """``torch.save`` to a temp file beside ``fpath``, then ``os.replace`` (no half-written file ever).
 
-    The temp file is a Python file object (mode ``0666 & ~umask``), so a full disk surfaces as ``OSError`` (torch's own
-    writer would report "unexpected pos"), turned into the one-line ``write_failed`` error.
+    Saved through an open file (mode ``0666 & ~umask``), so a full disk surfaces as ``OSError`` (given a path, torch's
+    own writer reports "unexpected pos"), turned into the one-line ``write_failed`` error.
     """
     tmp = temp_path_beside(fpath)
     try:
