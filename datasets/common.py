@@ -26,7 +26,7 @@ import pickle
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from common.errors import MissingFileError, UserError
 from common.files import atomic_write, folder_lock
@@ -111,13 +111,23 @@ def make_datum(impath: str, label: int, classname: str, source: DataSource, list
 # --------------------------------------------------------------------------------------------- atomic writes
 
 
+def write_data_file(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
+    """``common.files.atomic_write`` for a file in the data folder; a folder that cannot take it (read-only shared
+    data, a full disk) is one ``UserError`` line, and nothing is left behind."""
+    try:
+        atomic_write(path, write, binary=binary)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}); make the dataset folder writable (or copy the "
+                        "dataset to one you can write to), or free some space") from None
+
+
 def write_json_atomic(obj: Any, path: str) -> None:
     """JSON with 4-space indent and (",", ": ") separators, the layout of the published split files."""
-    atomic_write(path, lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")))
+    write_data_file(path, lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")))
 
 
 def write_pickle_atomic(obj: Any, path: str) -> None:
-    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
+    write_data_file(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
 
 
 def read_pickle(path: str, source: DataSource, what: str) -> Any:

@@ -12,6 +12,8 @@ import torch
 
 import clip
 import datasets  # noqa: F401  (registers every dataset)
+from common import files
+from common.errors import UserError
 from common.files import atomic_write, folder_lock
 from dassl.data.datasets import build_dataset
 from dassl.utils import atomic_torch_save, atomic_write_text
@@ -160,3 +162,20 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"] and target.read_bytes() == b"old"
     atomic_write(str(target), lambda f: torch.save(torch.ones(2), f), binary=True)
     assert torch.equal(torch.load(target, weights_only=True), torch.ones(2))
+
+
+def test_a_data_folder_that_cannot_take_a_cache_is_one_line(tmp_path, monkeypatch):
+    """A read-only shared data folder (or a full disk) when a few-shot cache must be written: UserError, no litter."""
+    build_dataset(make_cfg(tmp_path))  # ToyShapes, no few-shot cache yet
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    cache = tmp_path / "toy_shapes" / "split_fewshot" / "shot_1-seed_1.pkl"
+    with pytest.raises(UserError) as error:
+        build_dataset(make_cfg(tmp_path, shots=1))
+    assert str(error.value) == (f"cannot write {cache} (Permission denied); make the dataset folder writable (or copy "
+                                "the dataset to one you can write to), or free some space")
+    assert list(cache.parent.iterdir()) == []
+
