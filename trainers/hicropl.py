@@ -649,6 +649,8 @@ class HiCroPL(TrainerX):
         print(f"Loading CLIP (backbone: {backbone})")
         clip_model, _ = clip.load(backbone, device=self.device)
         check_hicropl_cfg(hc, device=self.device, clip_model=clip_model)
+        clip.check_input(clip_model, backbone, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                         cfg.INPUT.INTERPOLATION)  # open_clip backbones: the images their weights expect
 
         path = Path(hc.DESCRIPTIONS) if hc.DESCRIPTIONS else description_file(cfg.DATASET.NAME)
         print(f"Frozen text features W from the descriptions in {path}")
@@ -659,6 +661,8 @@ class HiCroPL(TrainerX):
         if not is_same_backbone(hc.TEACHER_NAME, backbone):
             print(f"Loading the frozen teacher image encoder ({hc.TEACHER_NAME})")
             teacher, _ = clip.load(hc.TEACHER_NAME, device=self.device)
+            clip.check_input(teacher, hc.TEACHER_NAME, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                             cfg.INPUT.INTERPOLATION)
             if teacher.embed_dim != clip_model.embed_dim:
                 raise UserError(
                     f"TRAINER.HICROPL.TEACHER_NAME {hc.TEACHER_NAME} embeds into {teacher.embed_dim} dims but the "
