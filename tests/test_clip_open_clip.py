@@ -283,3 +283,19 @@ def test_zero_shot_baseline_on_an_open_clip_backbone(tmp_path, hicropl_cache):
                            "MODEL.BACKBONE.NAME", "random:open_clip:hicropl-tiny", "INPUT.SIZE", "(32, 32)")
     result = trainer.test()
     assert 0 <= result <= 100
+
+
+def test_text_feature_cache_tells_activations_apart(tmp_path, monkeypatch, tiny_pairs):
+    # Same weights, other activation (open_clip:ViT-B-16@f vs open_clip:ViT-B-16-quickgelu@f): HiCroPL's on-disk
+    # cache of frozen text features must not serve one model's features to the other.
+    from trainers.hicropl import encode_descriptions, frozen_text_features
+
+    monkeypatch.setenv("HICROPL_CACHE_DIR", str(tmp_path))
+    _, gelu = tiny_pairs["hicropl-tiny"]
+    quick = clip.CLIP(dataclasses.replace(gelu.config, activation="quick_gelu")).eval()
+    quick.load_state_dict(gelu.state_dict())
+    sentences = [["a circle."], ["a red square."]]
+    cached_gelu = frozen_text_features(gelu, sentences)
+    cached_quick = frozen_text_features(quick, sentences)
+    torch.testing.assert_close(cached_quick, encode_descriptions(quick, sentences))
+    assert (cached_quick - cached_gelu).abs().max() > 1e-3

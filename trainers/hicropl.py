@@ -130,8 +130,9 @@ def cache_dir() -> Path:
 
 
 def _text_tower_digest(clip_model: CLIP) -> str:
-    """SHA-256 of every weight the text features depend on (all of CLIP except the image tower)."""
-    digest = hashlib.sha256()
+    """SHA-256 of every weight the text features depend on (all of CLIP except the image tower) and of the
+    architecture, whose head counts and activation are not in the weights (open_clip's ViT-B-16 vs -quickgelu)."""
+    digest = hashlib.sha256(repr(clip_model.config).encode())
     for name, tensor in sorted(clip_model.state_dict().items()):
         if name.startswith("visual."):
             continue
