@@ -54,7 +54,8 @@ class CLIPConfig:
     # MLP activation of every transformer block, both towers: a key of ACTIVATIONS ("quick_gelu": OpenAI's CLIPs;
     # "gelu": exact erf GELU, e.g. open_clip configs without "-quickgelu").
     activation: str = "quick_gelu"
-    # Hidden width of the block MLPs (None = 4 x the tower's width, as in OpenAI's CLIPs; open_clip's ViT-g/bigG differ).
+    # Hidden width of the block MLPs (None = 4 x the tower's width, as in OpenAI's CLIPs; open_clip's ViT-g/bigG/e
+    # differ).
     vision_mlp_width: Optional[int] = None
     transformer_mlp_width: Optional[int] = None
 

@@ -91,11 +91,11 @@ def _open_clip() -> Any:
 
 
 def parse_spec(spec: str) -> Tuple[str, str, str]:
-    """spec -> (model name, kind, source): kind "tag" (source = tag), "file" (source = path) or "random" (source "")."""
-    if spec.startswith(RANDOM_PREFIX + OPEN_CLIP_PREFIX):
-        return spec[len(RANDOM_PREFIX + OPEN_CLIP_PREFIX):], "random", ""
-    body = spec[len(OPEN_CLIP_PREFIX):]
-    if FILE_SEPARATOR in body:
+    """spec -> (model name, kind, source): kind "tag" (source = tag), "file" (source = path) or "random" (source "-")."""
+    body = spec.split(OPEN_CLIP_PREFIX, 1)[1]
+    if spec.startswith(RANDOM_PREFIX):
+        name, kind, source = body, "random", "-"
+    elif FILE_SEPARATOR in body:
         name, path = body.split(FILE_SEPARATOR, 1)
         kind, source = "file", path
     elif TAG_SEPARATOR in body:
@@ -107,6 +107,9 @@ def parse_spec(spec: str) -> Tuple[str, str, str]:
     if not name or not source:
         raise WeightsFileError(f"open_clip spec {spec!r} is incomplete: use open_clip:<model>/<pretrained tag> or "
                                "open_clip:<model>@<checkpoint file>")
+    if ":" in name:  # open_clip's hf-hub: / local-dir: schemas fetch configs of unknown families
+        raise WeightsFileError(f"open_clip spec {spec!r}: schemas such as hf-hub: are not supported; name a built-in "
+                               "config with a tag or a checkpoint file, e.g. open_clip:ViT-B-16@<file>")
     return name, kind, source
 
 
@@ -150,8 +153,8 @@ def config_reasons(model_cfg: Mapping[str, Any]) -> List[str]:
         reasons.append("appended text [CLS] embedding")
     if text.get("proj_bias") or text.get("proj_type", "linear") != "linear":
         reasons.append("text projection with bias or of another type")
-    if text.get("hf_tokenizer_name") or text.get("tokenizer_mode") or (text.get("tokenizer_kwargs") or {}) not in (
-            {}, {"clean": "lower"}):
+    tokenizer_kwargs = text.get("tokenizer_kwargs") or {}
+    if text.get("hf_tokenizer_name") or text.get("tokenizer_mode") or tokenizer_kwargs not in ({}, {"clean": "lower"}):
         reasons.append("tokenizer other than CLIP's BPE")
     if text.get("context_length", CONTEXT_LENGTH) != CONTEXT_LENGTH or text.get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE:
         reasons.append(f"text context {text.get('context_length')} / vocabulary {text.get('vocab_size')} "
@@ -199,7 +202,8 @@ def _module_reasons(model: nn.Module) -> List[str]:
         reasons.append("LayerNorm after pooling")
     if isinstance(visual.ln_pre, nn.Identity):
         reasons.append("no ln_pre")
-    if visual.proj is None or visual.image_size[0] != visual.image_size[1] or visual.patch_size[0] != visual.patch_size[1]:
+    if (visual.proj is None or visual.image_size[0] != visual.image_size[1]
+            or visual.patch_size[0] != visual.patch_size[1]):
         reasons.append("no image projection or a non-square image / patch")
     if model.text_pool_type != "argmax":
         reasons.append(f"text pooling {model.text_pool_type!r}")

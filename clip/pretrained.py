@@ -259,7 +259,7 @@ def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
     """
     spec = os.fspath(spec)
     if spec.startswith(OPEN_CLIP_PREFIX) or spec.startswith(RANDOM_PREFIX + OPEN_CLIP_PREFIX):
-        from .open_clip_convert import load_open_clip  # imports open_clip only when asked for
+        from .open_clip_convert import load_open_clip  # here: open_clip_convert imports this module
 
         return load_open_clip(spec, device, download_root)
     if spec.startswith(RANDOM_PREFIX):

@@ -173,8 +173,10 @@ FAKE_TAG = {"hf_hub": "someone/tiny-clip/", "mean": (0.5, 0.5, 0.5), "std": (0.5
 def fake_tag(monkeypatch):
     """A pretrained tag `fake` for hicropl-tiny, published (in this test) on the Hugging Face hub."""
     real = open_clip.get_pretrained_cfg
-    monkeypatch.setattr(open_clip, "get_pretrained_cfg",
-                        lambda name, tag: dict(FAKE_TAG) if (name, tag) == ("hicropl-tiny", "fake") else real(name, tag))
+    def get_pretrained_cfg(name, tag):
+        return dict(FAKE_TAG) if (name, tag) == ("hicropl-tiny", "fake") else real(name, tag)
+
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", get_pretrained_cfg)
 
 
 def test_offline_tag_from_the_hugging_face_cache(tmp_path, monkeypatch, fake_tag, tiny_pairs):
@@ -208,6 +210,7 @@ def test_offline_tag_from_the_hugging_face_cache(tmp_path, monkeypatch, fake_tag
     ("open_clip:ViT-B-16/nope", "no pretrained tag 'nope'; choose one of openai, "),
     ("open_clip:ViT-B-16", "names no weights"),
     ("open_clip:ViT-Nope/x", "no model config 'ViT-Nope'"),
+    ("open_clip:hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "schemas such as hf-hub: are not supported"),
 ])
 def test_refusals_are_one_line_and_download_nothing(spec, message, monkeypatch):
     monkeypatch.setattr(open_clip, "create_model", None)  # refused before open_clip builds or downloads anything
