@@ -258,14 +258,17 @@ def config_from_open_clip(model: nn.Module, name: str = "") -> CLIPConfig:
     )
 
 
-def from_open_clip(model: nn.Module, name: str = "") -> CLIP:
+def from_open_clip(model: nn.Module, name: str = "", share_weights: bool = False) -> CLIP:
     """Our float32 CLIP (train mode, like any new module) with the weights of open_clip `CLIP` model, converted by key.
 
     open_clip's `CLIP` keeps OpenAI's parameter names (visual.*, transformer.resblocks.*, token_embedding, ...), so the
     conversion is a strict load of its state dict; only a non-scalar logit_scale (shape (1,)) is reshaped.
+    share_weights: reuse model's float32 tensors instead of copying them (half the peak memory; for a model that is
+    discarded afterwards, as `load_open_clip` does).
     """
     config = config_from_open_clip(model, name)
-    state_dict = {key: value.detach().to(torch.float32, copy=True) for key, value in model.state_dict().items()}
+    state_dict = {key: value.detach().to(torch.float32, copy=not share_weights)
+                  for key, value in model.state_dict().items()}
     state_dict["logit_scale"] = state_dict["logit_scale"].reshape(())
     with torch.device("meta"):  # no allocation or init: every weight is assigned from the state dict
         ours = CLIP(config)
@@ -372,7 +375,7 @@ def load_open_clip(spec: str, device: Union[str, torch.device] = "cpu",
     open_clip = _open_clip()
     root = os.fspath(download_root) if download_root is not None else None
     source_model = _create(open_clip, spec, root)
-    model = from_open_clip(source_model, spec).float().to(device).eval()
+    model = from_open_clip(source_model, spec, share_weights=True).to(device).eval()
     preprocess_cfg = dict(source_model.visual.preprocess_cfg)
     del source_model
     model.preprocess_cfg = preprocess_cfg

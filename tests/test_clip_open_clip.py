@@ -11,6 +11,7 @@
   baseline on ToyShapes with an open_clip tiny backbone.
 """
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -71,6 +72,8 @@ def test_architecture_read_from_the_modules(tiny_pairs):
     assert (config.vision_mlp_width, config.transformer_mlp_width) == (192, 192)
     assert config.activation == "quick_gelu"
     assert tiny_pairs["hicropl-tiny"][1].config.activation == "gelu"
+    source, ours = tiny_pairs["hicropl-tiny"]
+    assert ours.visual.proj.data_ptr() != source.visual.proj.data_ptr()  # copies: the open_clip model stays apart
 
 
 def test_wrong_activation_is_noticed(tiny_pairs):
@@ -302,3 +305,10 @@ def test_text_feature_cache_tells_activations_apart(tmp_path, monkeypatch, tiny_
     cached_quick = frozen_text_features(quick, sentences)
     torch.testing.assert_close(cached_quick, encode_descriptions(quick, sentences))
     assert (cached_quick - cached_gelu).abs().max() > 1e-3
+
+
+def test_missing_open_clip_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if open-clip-torch were not installed
+    with pytest.raises(UnsupportedModelError, match="^open_clip backbones need the optional package open-clip-torch: "
+                                                    "pip install open-clip-torch$"):
+        clip.load("open_clip:ViT-B-16/laion2b_s34b_b88k")
