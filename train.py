@@ -51,7 +51,7 @@ from dassl.utils import (
     set_random_seed,
     setup_logger,
 )
-from dassl.utils.tools import temp_path_beside
+from dassl.utils.tools import atomic_write_text, temp_path_beside
 from trainers.config import add_trainer_cfg
 
 
@@ -161,6 +161,18 @@ def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
                     "point it at the --output-dir of a training run")
 
 
+# The full merged config of a run, written into its output dir (read back by predict.py).
+CONFIG_FILE = "config.yaml"
+
+
+def save_config(cfg: CN, eval_only: bool) -> None:
+    """Write ``cfg`` to ``<OUTPUT_DIR>/config.yaml`` atomically; an --eval-only run keeps an existing one (that of
+    the training run it may be evaluating in place)."""
+    path = osp.join(cfg.OUTPUT_DIR, CONFIG_FILE)
+    if not (eval_only and osp.exists(path)):
+        atomic_write_text(cfg.dump(), path)
+
+
 def main(args: argparse.Namespace) -> None:
     if args.list_trainers or args.list_datasets:
         names = TRAINER_REGISTRY.registered_names() if args.list_trainers else DATASET_REGISTRY.registered_names()
@@ -181,6 +193,7 @@ def main(args: argparse.Namespace) -> None:
         set_random_seed(cfg.SEED)
     if is_main_process():
         setup_logger(cfg.OUTPUT_DIR)
+        save_config(cfg, args.eval_only)
 
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
