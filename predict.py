@@ -198,9 +198,10 @@ class Predictor:
         self.batch_size = cfg.DATALOADER.TEST.BATCH_SIZE
         self.transform = build_transform(cfg, is_train=False)  # the run's test pipeline
         self._clip = clip_model
-        # Class features are computed by a float32 CLIP (as in training); the classifier may cast _clip to fp16.
-        node, _ = _precision_node(cfg)
-        self._text_clip = copy.deepcopy(clip_model) if PRECISION_TABLE[node.PREC].weights != torch.float32 else clip_model
+        # Class features are computed by a float32 CLIP (as in training); the classifier may cast _clip to fp16,
+        # so that precision keeps a float32 copy for the class lists after the first.
+        fp32 = PRECISION_TABLE[_precision_node(cfg)[0].PREC].weights == torch.float32
+        self._text_clip = clip_model if fp32 else copy.deepcopy(clip_model)
         self._state_dict = state_dict
         self._descriptions = descriptions
         self._teacher: Optional[CLIP] = None

@@ -165,11 +165,10 @@ def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
 CONFIG_FILE = "config.yaml"
 
 
-def save_config(cfg: CN, eval_only: bool) -> None:
-    """Write ``cfg`` to ``<OUTPUT_DIR>/config.yaml`` atomically; an --eval-only run keeps an existing one (that of
-    the training run it may be evaluating in place)."""
+def save_config(cfg: CN, replace: bool = True) -> None:
+    """Write ``cfg`` to ``<OUTPUT_DIR>/config.yaml`` atomically (rank 0); ``replace=False`` keeps an existing one."""
     path = osp.join(cfg.OUTPUT_DIR, CONFIG_FILE)
-    if not (eval_only and osp.exists(path)):
+    if is_main_process() and (replace or not osp.exists(path)):
         atomic_write_text(cfg.dump(), path)
 
 
@@ -193,7 +192,6 @@ def main(args: argparse.Namespace) -> None:
         set_random_seed(cfg.SEED)
     if is_main_process():
         setup_logger(cfg.OUTPUT_DIR)
-        save_config(cfg, args.eval_only)
 
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
@@ -211,11 +209,16 @@ def main(args: argparse.Namespace) -> None:
                 f"has learned weights ({', '.join(trainer.get_model_names())})"
             )
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        save_config(cfg, replace=False)  # evaluating a training run in place keeps that run's config
         trainer.test()
         return
 
     if not args.no_train:
+        resume_dir = cfg.RESUME or cfg.OUTPUT_DIR
+        if not glob.glob(osp.join(glob.escape(resume_dir), "*", "checkpoint")):
+            save_config(cfg)  # a fresh run: its checkpoints are usable (predict.py) while it trains
         trainer.train()
+        save_config(cfg)  # after a resume only once it succeeded: a refused resume replaces nothing
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -136,6 +136,16 @@ def test_new_class_names_and_images_end_to_end(workspace, tmp_path, capsys):
     model.probabilities([image], ["circle", "square"])
     assert torch.equal(model.probabilities([image, path], classes), full)
 
+    # Descriptions of one's own: the described classes get them (no fallback note), and W changes the answer.
+    descriptions = tmp_path / "mine.json"
+    descriptions.write_text(json.dumps({"zebra": ["a striped horse.", "black and white stripes."]}))
+    described = predict.load_trained(str(run), descriptions=str(descriptions))
+    capsys.readouterr()
+    other = described.probabilities([image, path], classes)
+    note = [line for line in capsys.readouterr().out.splitlines() if "missing" in line]
+    assert len(note) == 1 and "'zebra'" not in note[0] and "'ring'" in note[0] and str(descriptions) in note[0]
+    assert not torch.allclose(other, full)
+
 
 def test_unreadable_image_in_a_folder_is_skipped_and_reported(workspace, tmp_path, capsys):
     data, run = workspace
