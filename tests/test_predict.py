@@ -1,11 +1,11 @@
-"""predict.py on a demo-like run (ToyShapes base classes, random:tiny, 1 epoch): the same predictions and accuracy
-as the engine's evaluation on the novel test split, free class lists, unreadable images, the one-line errors, the
-CLI entry point, ZeroshotCLIP run dirs and the README's Python API example."""
+"""predict.py on a demo-like run (ToyShapes base classes, random:tiny, 1 epoch): the run's config.yaml (never replaced
+by a refused resume or an in-place evaluation), the same predictions and accuracy as the engine's evaluation on the
+novel test split, free class lists and description files, unreadable images, the one-line errors, the script's
+entry point, ZeroshotCLIP run dirs and the README's Python API example."""
 import json
-import os
 import re
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -80,6 +80,20 @@ def test_run_dir_stores_its_config(workspace):
     assert cfg.TRAINER.NAME == "HiCroPL" and cfg.MODEL.BACKBONE.NAME == "random:tiny"
     assert cfg.TRAINER.HICROPL.N_CTX == 8 and cfg.DATASET.SUBSAMPLE_CLASSES == "base"
     assert tuple(cfg.INPUT.SIZE) == (32, 32)
+
+
+def test_config_is_never_replaced_by_a_refused_resume_or_an_in_place_evaluation(workspace, tmp_path):
+    data, run = workspace
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = (copy / "config.yaml").read_text()
+    common = ["--root", str(data), "--seed", "1", "--trainer", "HiCroPL", *CONFIGS, "--output-dir", str(copy),
+              "USE_CUDA", "False"]
+    with pytest.raises(UserError, match="cannot resume"):
+        run_train(common + ["DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.HICROPL.N_CTX", "4"])
+    run_train(common[:-2] + ["--model-dir", str(copy), "--eval-only", "USE_CUDA", "False",
+                             "DATASET.SUBSAMPLE_CLASSES", "new"])
+    assert (copy / "config.yaml").read_text() == before
 
 
 def test_same_predictions_and_accuracy_as_eval_only(workspace, tmp_path):
@@ -214,25 +228,33 @@ def test_zeroshot_clip_run_dir(workspace, tmp_path):
         predict.load_trained(str(zs_dir), load_epoch=1)
 
 
-def test_cli_entry_point(workspace, tmp_path):
+def run_script(argv, monkeypatch):
+    """``python predict.py ARGV`` in this process (the ``__main__`` block included); returns the exit status."""
+    monkeypatch.setattr(sys, "argv", ["predict.py", *argv])
+    try:
+        runpy.run_path(str(REPO / "predict.py"), run_name="__main__")
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_cli_entry_point(workspace, tmp_path, monkeypatch, capsys):
     data, run = workspace
     folder = tmp_path / "images"
     folder.mkdir()
     shutil.copy(data / "toy_shapes" / "images" / "ring" / "0000.png", folder / "a.png")
     (folder / "b.png").write_bytes(b"\x89PNG broken")
-    env = {**os.environ, "HICROPL_CACHE_DIR": os.environ["HICROPL_CACHE_DIR"], "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "predict.py", "--model-dir", str(run), str(folder), "--classnames", "ring", "cross",
-           "arrow", "--topk", "2"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == prediction_lines(done.stdout) and len(done.stdout.splitlines()) == 1
-    assert re.fullmatch(r".*a\.png: \w+ 0\.\d{3}, \w+ 0\.\d{3}", done.stdout.strip())
-    assert "skipped:" in done.stderr and "b.png" in done.stderr
+    argv = ["--model-dir", str(run), str(folder), "--classnames", "ring", "cross", "arrow", "--topk", "2"]
+    assert run_script(argv, monkeypatch) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == prediction_lines(captured.out) and len(captured.out.splitlines()) == 1
+    assert re.fullmatch(r".*a\.png: \w+ 0\.\d{3}, \w+ 0\.\d{3}", captured.out.strip())
+    assert "skipped:" in captured.err and "b.png" in captured.err
 
-    done = subprocess.run(cmd[:5] + ["--classnames-file", str(tmp_path / "none.txt")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("error: cannot read --classnames-file") and done.stderr.count("\n") == 1
+    assert run_script(argv[:3] + ["--classnames-file", str(tmp_path / "none.txt")], monkeypatch) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: cannot read --classnames-file")
 
 
 def test_readme_python_api_example_runs(workspace, tmp_path, monkeypatch, capsys):
