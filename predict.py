@@ -38,6 +38,7 @@ import json
 import os
 import os.path as osp
 import sys
+from collections import Counter
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Dict, List, NoReturn, Optional, Sequence, Tuple, Union
@@ -164,7 +165,7 @@ def check_classnames(classnames: Sequence[str]) -> List[str]:
         raise UserError("the class list is empty; give at least one class name")
     if any(not name for name in names):
         raise UserError("the class list holds an empty class name")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise UserError(f"the class list names {', '.join(map(repr, duplicates))} more than once")
     return names
