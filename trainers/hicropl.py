@@ -263,6 +263,7 @@ def build_consistency_target(
     names = [name.replace("_", " ") for name in classnames]
     if target == "descriptions":
         return None
+    print(f"Text consistency target: {target} (the fused logits keep W)")
     if target == "template":
         return ConsistencyTarget(frozen_text_features(clip_model, [[f"a photo of a {name}."] for name in names]))
     if target == "imagenet_templates":
@@ -472,7 +473,7 @@ class HiCroPLPromptLearner(nn.Module):
         self.t2i_layers, self.i2t_layers = flow_layers(hc.FLOW, cross, depth)
         self.t2i_scale, self.i2t_scale = hc.T2I_SCALE, hc.I2T_SCALE
         n_t2i, n_i2t = len(self.t2i_layers), len(self.i2t_layers)
-        proxies = hc.COMPRESSION == "lkp"
+        uses_proxies = hc.COMPRESSION == "lkp"
 
         prefix, texts, use_init = build_text_template(hc, classnames)
         self.prompt_prefix = prefix
@@ -491,13 +492,13 @@ class HiCroPLPromptLearner(nn.Module):
         )
         visual_init = torch.empty(m, vision_width, **factory).normal_(std=0.02)
         self.cross_prompts_visual = nn.ParameterList([nn.Parameter(visual_init.clone()) for _ in range(depth)])
-        if proxies:
+        if uses_proxies:
             text_proxy = torch.randn(1, text_width, **factory)
             visual_proxy = torch.randn(1, vision_width, **factory)
         heads = hc.MAPPER_HEADS
         make_compressor = COMPRESSION_MODULES[hc.COMPRESSION]
-        text_lkp = make_compressor(text_width, heads).to(**factory)
-        visual_lkp = make_compressor(vision_width, heads).to(**factory)
+        text_compressor = make_compressor(text_width, heads).to(**factory)
+        visual_compressor = make_compressor(vision_width, heads).to(**factory)
         # Registration order below = the released state-dict order (SPEC §7.2): mappers, LKP modules, proxies.
         self.text2visual_net = (
             HierarchicalKnowledgeMapper(vision_width, text_width, heads).to(**factory) if n_t2i else None
@@ -505,13 +506,13 @@ class HiCroPLPromptLearner(nn.Module):
         self.visual2text_net = (
             HierarchicalKnowledgeMapper(text_width, vision_width, heads).to(**factory) if n_i2t else None
         )
-        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_lkp) for _ in range(n_t2i)])
-        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_lkp) for _ in range(n_i2t)])
+        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_compressor) for _ in range(n_t2i)])
+        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_compressor) for _ in range(n_i2t)])
         self.text_proxy_token = nn.ParameterList(
-            [nn.Parameter(text_proxy.clone()) for _ in range(n_t2i if proxies else 0)]
+            [nn.Parameter(text_proxy.clone()) for _ in range(n_t2i if uses_proxies else 0)]
         )
         self.visual_proxy_token = nn.ParameterList(
-            [nn.Parameter(visual_proxy.clone()) for _ in range(n_i2t if proxies else 0)]
+            [nn.Parameter(visual_proxy.clone()) for _ in range(n_i2t if uses_proxies else 0)]
         )
 
         if self.mapper_mode == "released":
