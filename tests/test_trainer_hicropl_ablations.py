@@ -30,7 +30,6 @@ from trainers.hicropl import (
     UserError,
     build_consistency_target,
     check_hicropl_cfg,
-    encode_sentences,
     hicropl_loss,
 )
 
@@ -332,7 +331,12 @@ def test_variants_run_under_bf16_autocast(tiny, frozen_text, images):
     assert all(p.grad is not None for p in model.prompt_learner.parameters())
 
 
-def test_encode_sentences_rows_are_unit_features(tiny):
-    features = encode_sentences(tiny, ["a red disc.", "a blue square.", "a star."], batch_size=2)
-    assert features.shape == (3, tiny.embed_dim)
-    torch.testing.assert_close(features.norm(dim=-1), torch.ones(3))
+@pytest.mark.parametrize("switches", [{"FLOW": "i2t_t2i"}, {"FLOW": "t2i"}, {"FLOW": "i2t"}, {"FLOW": "none"},
+                                      {"COMPRESSION": "mean"}, {"COMPRESSION": "mlp"},
+                                      {"T2I_SCALE": "single", "I2T_SCALE": "single"}])
+@pytest.mark.parametrize("mode", ["released", "differentiable"])
+def test_variant_prompt_learners_run_in_fp16(tiny, frozen_text, mode, switches):
+    """PREC fp16 converts the whole prompt learner to fp16 (CUDA only end to end; the learner alone runs on CPU)."""
+    pl = build(tiny, frozen_text, MAPPER_MODE=mode, **switches).prompt_learner.half()
+    text, visual = pl()
+    assert all(p.dtype == torch.float16 and torch.isfinite(p).all() for p in text + visual)

@@ -155,20 +155,15 @@ def _text_tower_digest(clip_model: CLIP) -> str:
 
 
 @torch.no_grad()
-def encode_sentences(clip_model: CLIP, sentences: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """(n_sentences, d) float32 unit rows: the CLIP text features of each sentence."""
-    device = clip_model.token_embedding.weight.device
-    features = []
-    for start in range(0, len(sentences), batch_size):
-        tokens = clip.tokenize(list(sentences[start:start + batch_size])).to(device)
-        features.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
-    return torch.cat(features)
-
-
-@torch.no_grad()
 def encode_descriptions(clip_model: CLIP, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
     """W (n_cls, d) float32, unit rows: per class, the normalised mean of its normalised sentence features."""
-    features = encode_sentences(clip_model, [s for group in sentences for s in group], batch_size)
+    flat = [s for group in sentences for s in group]
+    device = clip_model.token_embedding.weight.device
+    features = []
+    for start in range(0, len(flat), batch_size):
+        tokens = clip.tokenize(flat[start:start + batch_size]).to(device)
+        features.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+    features = torch.cat(features)  # (n_sentences, d)
     rows, start = [], 0
     for group in sentences:
         rows.append(features[start:start + len(group)].mean(dim=0))
@@ -270,8 +265,9 @@ def build_consistency_target(
         return ConsistencyTarget(
             frozen_text_features(clip_model, [[t.format(name) for t in IMAGENET_TEMPLATES] for name in names])
         )
-    flat = [sentence for group in descriptions for sentence in group]  # "random_description"
-    return ConsistencyTarget(encode_sentences(clip_model, flat), [len(group) for group in descriptions])
+    # "random_description": every sentence's own features (a one-sentence "class" each, so they share W's cache)
+    sentences = [[sentence] for group in descriptions for sentence in group]
+    return ConsistencyTarget(frozen_text_features(clip_model, sentences), [len(group) for group in descriptions])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
