@@ -263,6 +263,8 @@ class Table:
     transposed: bool = False  # xd/dg: datasets as columns, "ours / paper / diff" as rows (the paper's layout)
     notes: List[str] = field(default_factory=list)
     row_header: str = "Dataset"
+    paper_note: str = ("Paper column of an Average over some of the datasets: the paper's numbers averaged over the "
+                       "same datasets.")
 
 
 def load_paper(path: str = PAPER_FILE) -> Dict[str, Any]:
@@ -411,18 +413,20 @@ def ablation_table(table_id: str, root: str, paper: Dict[str, Any], datasets: Se
     paper_rows = paper.get("ablation", {}).get(table_id, {})
     rows = []
     for row_id, label, _ in rows_def:
-        average = base2new_table(osp.join(root, "ablation", row_id), {}, datasets, trainer, config).rows[-1]
+        *per_dataset, average = base2new_table(osp.join(root, "ablation", row_id), {}, datasets, trainer,
+                                               config).rows
+        seeds = tuple(sorted({s for row in per_dataset for c in row.cells.values() for s in c.seeds}))
         ref = paper_rows.get(row_id, {})
         comparable = set(datasets) == set(B2N_DATASETS) and all(
             c.n == c.n_of for c in average.cells.values() if c.mean is not None)
-        cells = {key: Cell(c.mean, None, c.n, ref.get(key), (), c.n_of, comparable)
+        cells = {key: Cell(c.mean, None, c.n, ref.get(key), seeds, c.n_of, comparable)
                  for key, c in average.cells.items()}
         rows.append(Row(row_id, label.replace("|", "\\|"), cells))  # a literal bar in a markdown cell
     notes = [f"Average over {len(datasets)} dataset(s) ({', '.join(datasets)}): base and novel averaged over the "
-             "datasets that have both, HM of those averages; rows from <root>/ablation/<row>/ (scripts/ablations.py). "
-             "Paper: average over its 11 datasets (Δ only where ours covers the same 11)."]
+             "datasets that have both, HM of those averages; rows from <root>/ablation/<row>/ (scripts/ablations.py)."]
     return Table(f"ablation_{table_id}", title, [("base", "Base"), ("novel", "Novel"), ("hm", "HM")], rows,
-                 notes=notes, row_header="Row")
+                 notes=notes, row_header="Row",
+                 paper_note="Paper column: the paper's average over its 11 datasets (Δ only where ours covers them).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -487,11 +491,11 @@ def markdown_lines(table: Table) -> List[str]:
             lines.append("| " + " | ".join(values) + " |")
     seeds = sorted({s for _, _, c in table_cells(table) for s in c.seeds})
     lines.append("")
-    spread = "mean ± population std over seeds" if most >= 2 else "one seed per cell"
+    spread = ("mean ± population std over seeds" if most >= 2 else "one seed per cell" if most == 1
+              else "seeds averaged per dataset, then datasets averaged")  # most == 0: only averages (ablation)
     if seeds:
         lines.append(f"Seeds found: {', '.join(map(str, seeds))} ({spread}); Δ = ours - paper; `-` = no result. "
-                     "Paper column of an Average over some of the datasets: the paper's numbers averaged over the "
-                     "same datasets.")
+                     + table.paper_note)
     else:
         lines.append("No finished runs found for this table.")
     lines += table.notes

@@ -36,6 +36,7 @@ from test_protocols_scripts import (
     opts,
     run_script,
 )
+from test_protocols_parse import csv_cells, eval_run, markdown_row, run_parser, train_run
 
 PAPER_MD = osp.join(REPO, "..", "shared", "paper_results.md")
 H = "TRAINER.HICROPL."
@@ -205,6 +206,37 @@ def test_one_row_per_table_end_to_end_and_parsed_with_the_paper_column(toy_ablat
     line = next(line for line in md.splitlines() if line.startswith("| L1 |"))
     assert [c.strip() for c in line.strip("|").split("|")][:4] == ["L1", f"{base:.2f}", "85.79", "-"]
     assert md.startswith("### Table 13: consistency criterion")
+
+
+def test_ablation_table_average_and_difference_by_hand(tmp_path):
+    """All 11 datasets of a row, seeds 1 and 2: ours = mean over datasets of the seed means, HM of the averaged
+    base and novel, Δ against the paper's row; a row over fewer datasets shows the paper but no Δ."""
+    out = tmp_path / "out"
+    base_of = {ds: 70.0 + i for i, ds in enumerate(ALL_11)}  # seeds: base +- 1, novel +- 2 around these
+    for ds in ALL_11:
+        cfg = B2N_IMAGENET_CFG if ds == "imagenet" else B2N_CFG
+        for seed, sign in ((1, -1), (2, 1)):
+            tail = osp.join(ds, "shots_16", "HiCroPL", cfg, f"seed{seed}")
+            train_run(out / "ablation" / "mse" / "base2new" / "train_base" / tail, base_of[ds] + sign)
+            eval_run(out / "ablation" / "mse" / "base2new" / "test_new" / tail, base_of[ds] - 10 + 2 * sign)
+    for seed in (1,):  # row l1: one dataset only
+        tail = osp.join("dtd", "shots_16", "HiCroPL", B2N_CFG, f"seed{seed}")
+        train_run(out / "ablation" / "l1" / "base2new" / "train_base" / tail, 80.0)
+        eval_run(out / "ablation" / "l1" / "base2new" / "test_new" / tail, 60.0)
+    cells = csv_cells(out, "--protocol", "ablation", "--tables", "13")
+    base, novel = 75.0, 65.0  # means of 70..80 and 60..70
+    hm = 2 * base * novel / (base + novel)
+    for metric, ours, paper in (("base", base, 85.11), ("novel", novel, 74.39), ("hm", hm, 79.39)):
+        cell = cells[("ablation_13", "mse", metric)]
+        assert (float(cell["mean"]), float(cell["paper"])) == (pytest.approx(ours, abs=1e-4), pytest.approx(paper))
+        assert float(cell["diff"]) == pytest.approx(ours - paper, abs=1e-4) and cell["seeds"] == "1 2"
+        assert cell["n"] == "11" and cell["n_counts"] == "datasets"
+    partial = cells[("ablation_13", "l1", "base")]
+    assert (float(partial["mean"]), partial["n"], partial["paper"], partial["diff"]) == (80.0, "1", "85.7900", "")
+    assert cells[("ablation_13", "hicropl", "base")]["mean"] == ""
+    md = run_parser(out, "--protocol", "ablation", "--tables", "13").stdout
+    assert markdown_row(md, "L1")[:4] == ["L1", "80.00 (1/11 datasets)", "85.79", "-"]
+    assert markdown_row(md, "MSE")[1:4] == [f"{base:.2f}", "85.11", f"{base - 85.11:+.2f}"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
