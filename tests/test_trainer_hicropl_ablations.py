@@ -93,6 +93,15 @@ def test_flow_writes_the_target_towers_prompts(tiny, frozen_text, images, flow, 
     assert sum(p.numel() for p in pl.parameters()) == expected
 
 
+@pytest.mark.parametrize("flow", ["i2t_t2i", "t2i", "i2t"])
+def test_differentiable_flows_reach_every_mapping_parameter(tiny, frozen_text, images, flow):
+    model = build(tiny, frozen_text, FLOW=flow, MAPPER_MODE="differentiable").train()
+    model(*images).backward()
+    for name, param in model.prompt_learner.named_parameters():
+        assert param.requires_grad and param.grad is not None, name
+    assert all(p.grad is None for p in model.clip_model.parameters())
+
+
 def test_reversed_flow_equations(tiny, frozen_text):
     """i2t_t2i: P_t[0..k-1] = M_I->T(P_t[0..k-1], LKP(P_v[0..k-1])), P_v[k..J-1] = M_T->I(P_v[k..], LKP(P_t[k..]))."""
     model = build(tiny, frozen_text, seed=2, FLOW="i2t_t2i", MAPPER_MODE="differentiable")
