@@ -309,8 +309,8 @@ def test_consistency_target_changes_the_loss_not_the_logits(tiny, frozen_text, i
     other = F.normalize(torch.randn(len(CLASSES), tiny.embed_dim, generator=generator), dim=-1)
     reference = build(tiny, frozen_text, seed=10, MAPPER_MODE="differentiable").train()
     torch.manual_seed(10)
-    model = CustomCLIP(make_cfg(CONSISTENCY_TARGET="template", MAPPER_MODE="differentiable"), CLASSES, tiny, frozen_text,
-                            consistency_target=ConsistencyTarget(other)).train()
+    cfg = make_cfg(CONSISTENCY_TARGET="template", MAPPER_MODE="differentiable")
+    model = CustomCLIP(cfg, CLASSES, tiny, frozen_text, consistency_target=ConsistencyTarget(other)).train()
     model.load_state_dict(reference.state_dict())
     with torch.no_grad():
         _, _, _, text_features = model.forward_features(images[0])

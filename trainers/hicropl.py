@@ -12,6 +12,10 @@ One self-contained trainer file, read top to bottom:
 5. ``CustomCLIP``: prompted CLIP + frozen teacher, fused logits (SPEC §4.1) and the loss (SPEC §4.3);
 6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code).
 
+The paper's ablations are config switches (trainers/config.py), each a small named piece: ``flow_layers`` (FLOW),
+``apply_mapper`` (T2I_SCALE / I2T_SCALE), ``COMPRESSION_MODULES`` (COMPRESSION), ``ConsistencyTarget``
+(CONSISTENCY_TARGET) and ``CONSISTENCY_DISTANCES`` (CONSISTENCY_CRITERION); the defaults are HiCroPL as published.
+
 Shapes: m = N_CTX, J = PROMPT_DEPTH, k = CROSS_LAYER, D_t / D_v = text / vision token width, d = joint embedding
 width, n_cls = number of classes, B = batch size. Widths, depths, dtypes and devices are read from the CLIP model.
 """
