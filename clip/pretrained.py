@@ -154,9 +154,17 @@ def _download(url: str, target: Path, sha256: str) -> None:
 
 def fetch(name: str, download_root: Union[str, os.PathLike, None] = None) -> Path:
     """Path of the verified checkpoint of OpenAI model `name` in the cache, downloading it if needed."""
-    url = MODEL_URLS[name]
+    return fetch_url(MODEL_URLS[name], download_root, name)
+
+
+def fetch_url(url: str, download_root: Union[str, os.PathLike, None] = None, name: str = "") -> Path:
+    """Path of the verified file of `url` (whose second-to-last path component is its SHA256) in the cache,
+    `cache_dir(download_root) / basename(url)`, downloading it if needed. name: what the messages call it."""
+    name = name or os.path.basename(url)
     sha256 = url.split("/")[-2]
     target = cache_dir(download_root) / os.path.basename(url)
+    if target.exists() and not target.is_file():
+        raise WeightsFileError(f"{target} exists and is not a regular file; remove it so that {name} can be cached")
     if target.is_file():
         actual = _sha256(target)
         if actual == sha256:
