@@ -161,6 +161,7 @@ def fetch_url(url: str, download_root: Union[str, os.PathLike, None] = None, nam
     """Path of the verified file of `url` (whose second-to-last path component is its SHA256) in the cache,
     `cache_dir(download_root) / basename(url)`, downloading it if needed. name: what the messages call it."""
     name = name or os.path.basename(url)
+    offline = is_offline() and not url.startswith("file:")  # a file:// URL needs no network
     sha256 = url.split("/")[-2]
     target = cache_dir(download_root) / os.path.basename(url)
     if target.exists() and not target.is_file():
@@ -169,11 +170,11 @@ def fetch_url(url: str, download_root: Union[str, os.PathLike, None] = None, nam
         actual = _sha256(target)
         if actual == sha256:
             return target
-        if is_offline():
+        if offline:
             raise ChecksumError(f"the cached {name} weights {target} have SHA256 {actual}, expected {sha256}; "
                                 f"replace the file with {url} (offline mode is on: {OFFLINE_ENV}=1)")
         warnings.warn(f"the cached {name} weights {target} have SHA256 {actual}, expected {sha256}; re-downloading")
-    elif is_offline():
+    elif offline:
         raise MissingWeightsError(f"CLIP {name} weights are not cached and offline mode is on ({OFFLINE_ENV}=1): "
                                   f"download {url} and place it at {target}")
     _download(url, target, sha256)
