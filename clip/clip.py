@@ -48,9 +48,18 @@ def _download(url: str, root: Optional[Union[str, os.PathLike]] = None) -> str:
     return str(pretrained.fetch_url(url, root))
 
 
-def build_model(state_dict: dict) -> CLIP:
+def build_model(state_dict: dict, design_details: Optional[dict] = None) -> CLIP:
     """openai-clip's `build_model`: CLIP from an OpenAI-layout state dict, matmul weights in fp16 (`convert_weights`),
-    eval mode. Call `.float()` on it for fp32 (what CoOp-family trainers do for PREC fp32 / amp)."""
+    eval mode. Call `.float()` on it for fp32 (what CoOp-family trainers do for PREC fp32 / amp).
+
+    design_details (MaPLe / IVLP / PromptSRC pass one to their own patched CLIP) is refused with `CLIPCallError`:
+    those methods change CLIP's blocks, which this CLIP does not emulate.
+    """
+    if design_details is not None:
+        raise CLIPCallError(
+            f"{calling_file()} passes design_details to clip.build_model, as MaPLe/IVLP/PromptSRC do for their own "
+            "patched CLIP; this CLIP has no such blocks. Ship that method's clip package with it under another name "
+            "(e.g. maple_clip/) and import it from the trainer, or port it to encode_text/encode_image(prompts=...)")
     return convert_weights(_build_model_float32(state_dict)).eval()
 
 

@@ -71,6 +71,8 @@ def test_calls_we_cannot_honour_are_refused_naming_the_caller(twins):
         ours.transformer([x, [], 0])  # MaPLe's patched-CLIP call
     with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ .*shape \(77, 2\)"):
         ours.visual.transformer(x[:, :, 0])
+    with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ passes design_details"):
+        openai_style.build_model(ours.state_dict(), {"trainer": "MaPLe", "vision_depth": 0, "language_depth": 0})
     with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ .*jit=True"):
         openai_style.load("random:tiny", device="cpu", jit=True)
 
