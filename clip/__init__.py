@@ -8,6 +8,7 @@ openai-clip's module surface is here too, for code written against it: `clip.cli
 load, tokenize, available_models, _MODELS, _download, build_model) and `clip.simple_tokenizer.SimpleTokenizer`.
 """
 
+from . import clip  # openai-clip's `clip.clip` module, reachable as after openai-clip's `import clip`
 from .model import CLIP, CLIPCallError, CLIPConfig, build_model, convert_weights
 from .pretrained import (
     ARCHITECTURES,

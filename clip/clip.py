@@ -33,7 +33,13 @@ __all__ = ["available_models", "load", "tokenize"]
 # The same dict as `clip.pretrained.MODEL_URLS`: a name added here is loadable by `clip.load` too.
 _MODELS = pretrained.MODEL_URLS
 
-_tokenizer = SimpleTokenizer()
+
+def __getattr__(name: str) -> SimpleTokenizer:
+    """`_tokenizer`, openai-clip's module-level tokenizer instance, built on first use (reading the vocabulary)."""
+    if name == "_tokenizer":
+        globals()["_tokenizer"] = SimpleTokenizer()
+        return globals()["_tokenizer"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_models() -> List[str]:

@@ -271,12 +271,17 @@ class Transformer(nn.Module):
             return torch.cat([x[:, :1], prompt, x[:, 1 + n_prompt:]], dim=1)
         return torch.cat([x[:, :-n_prompt], prompt], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *unsupported: object) -> torch.Tensor:
         """openai-clip's call: x (L, N, D) sequence-first -> (L, N, D) sequence-first, no prompts.
 
         What CoOp-family code does around `clip_model.transformer(x.permute(1, 0, 2))`. Anything else (a MaPLe-style
-        list [x, deep_prompts, counter], a wrong shape) raises `CLIPCallError` naming the calling file.
+        list [x, deep_prompts, counter], more arguments, a wrong shape) raises `CLIPCallError` naming the caller.
         """
+        if unsupported:
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with {1 + len(unsupported)} arguments; like openai-clip's "
+                "it takes one sequence-first tensor (L, N, D). Per-layer prompts go through the batch-first "
+                "transformer.forward_batch_first(x, prompts) or encode_text/encode_image(..., prompts=...)")
         if not isinstance(x, torch.Tensor):
             kind = type(x).__name__
             raise CLIPCallError(

@@ -69,6 +69,8 @@ def test_calls_we_cannot_honour_are_refused_naming_the_caller(twins):
     with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ calls the CLIP transformer with a "
                                             r"list.*MaPLe"):
         ours.transformer([x, [], 0])  # MaPLe's patched-CLIP call
+    with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ .*2 arguments.*forward_batch_first"):
+        ours.transformer(x, [None])
     with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ .*shape \(77, 2\)"):
         ours.visual.transformer(x[:, :, 0])
     with pytest.raises(CLIPCallError, match=r"test_clip_openai_surface\.py:\d+ passes design_details"):
