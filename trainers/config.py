@@ -18,7 +18,7 @@ ZS_CLASSIFIERS = ("template", "descriptions")
 
 def add_trainer_cfg(cfg: CN) -> None:
     """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place, and ``OPTIM.EPS`` when the engine lacks it."""
-    if "EPS" not in cfg.OPTIM:
+    if "OPTIM" in cfg and "EPS" not in cfg.OPTIM:
         # Adam's epsilon (float > 0; HiCroPL configs: 1e-3). HiCroPL's vendored Dassl (and ours) declare it; the
         # original Dassl.pytorch does not and builds Adam with torch's 1e-8, so our trainers apply it themselves
         # (apply_optim_eps) and the yamls mean the same on either engine.
