@@ -74,7 +74,7 @@ def add_trainer_cfg(cfg: CN) -> None:
 
 
 def apply_optim_eps(optimizer: torch.optim.Optimizer, optim_cfg: CN) -> None:
-    """Set ``optim_cfg.EPS`` as the epsilon of an Adam-family optimizer (no-op for others, e.g. SGD).
+    """Set ``optim_cfg.EPS`` as the epsilon of the optimizer when ``optim_cfg.NAME`` is "adam" (others untouched).
 
     Our engine's ``build_optimizer`` already does this for "adam"; the original Dassl's ignores the key.
     """
