@@ -34,7 +34,7 @@ from yacs.config import CfgNode as CN
 
 import datasets  # noqa: F401  (registers every dataset)
 import trainers  # noqa: F401  (registers every trainer)
-from clip import CLIPLoadError
+from clip import CLIPCallError, CLIPLoadError
 from dassl.config import get_cfg_default, merge_from_file_checked, merge_from_list_checked
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
@@ -283,7 +283,7 @@ def fail(message: str, status: int) -> NoReturn:
 if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
-    except (UserError, CLIPLoadError) as e:  # bad input: config, flags, files, weights
+    except (UserError, CLIPLoadError, CLIPCallError) as e:  # bad input: config, flags, files, weights, CLIP calls
         fail(one_line(e), 2)
     except NonFiniteLossError as e:  # the run diverged
         fail(one_line(e), 3)

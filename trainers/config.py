@@ -7,6 +7,7 @@ int <-> float changes, so float defaults are written with a dot.
 The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL) and
 ``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP).
 """
+import torch
 from yacs.config import CfgNode as CN
 
 # Allowed values of the string keys below (checked by the trainers).
@@ -22,7 +23,12 @@ CONSISTENCY_CRITERIA = ("cosine", "l1", "mse")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
-    """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place."""
+    """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place, and ``OPTIM.EPS`` when the engine lacks it."""
+    if "OPTIM" in cfg and "EPS" not in cfg.OPTIM:
+        # Adam's epsilon (float > 0; HiCroPL configs: 1e-3). HiCroPL's vendored Dassl (and ours) declare it; the
+        # original Dassl.pytorch does not and builds Adam with torch's 1e-8, so our trainers apply it themselves
+        # (apply_optim_eps) and the yamls mean the same on either engine.
+        cfg.OPTIM.EPS = 1e-8
     cfg.TRAINER.HICROPL = CN()
     # Prompt length m (int >= 1): learnable tokens per layer in each tower (configs: 16; cross-dataset 2).
     # "X " * m + class name + "." must fit CLIP's 77-token context for every class.
@@ -110,3 +116,13 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.ZSCLIP.DESCRIPTIONS = ""
     # Precision, one of PRECISIONS except "amp": "fp32", "fp16" (CUDA only), "bf16" (autocast).
     cfg.TRAINER.ZSCLIP.PREC = "fp32"
+
+
+def apply_optim_eps(optimizer: torch.optim.Optimizer, optim_cfg: CN) -> None:
+    """Set ``optim_cfg.EPS`` as the epsilon of the optimizer when ``optim_cfg.NAME`` is "adam" (others untouched).
+
+    Our engine's ``build_optimizer`` already does this for "adam"; the original Dassl's ignores the key.
+    """
+    if optim_cfg.NAME == "adam":
+        for group in optimizer.param_groups:
+            group["eps"] = optim_cfg.EPS

@@ -38,9 +38,9 @@ from yacs.config import CfgNode
 
 import clip
 from clip.model import CLIP, convert_weights
+from common.errors import UserError
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import UserError
 from descriptions import description_file, load_descriptions, too_long_for_context
 from trainers.config import (
     COMPRESSIONS,
@@ -50,6 +50,7 @@ from trainers.config import (
     MAPPER_MODES,
     MAPPER_SCALES,
     PRECISIONS,
+    apply_optim_eps,
 )
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -857,6 +858,7 @@ class HiCroPL(TrainerX):
         print(f"MAPPER_MODE {hc.MAPPER_MODE}: {len(trainable)} trainable tensors, "
               f"{sum(p.numel() for _, p in trainable):,} trainable parameters")
         self.optim = build_optimizer([p for _, p in trainable], cfg.OPTIM)
+        apply_optim_eps(self.optim, cfg.OPTIM)  # the original Dassl's build_optimizer ignores OPTIM.EPS
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.model_name, self.model, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.model.precision.grad_scaler else None
@@ -864,7 +866,10 @@ class HiCroPL(TrainerX):
     def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)
         loss, terms = self.model(image, label, return_terms=True)
-        self.detect_anomaly(loss, terms)  # before any update: a NaN stops training with intact checkpoints
+        # Before any update: a NaN stops training with intact checkpoints. Dassl's signature (loss only); our engine
+        # reads the terms from self.loss_terms for its message, the original Dassl ignores them.
+        self.loss_terms = terms
+        self.detect_anomaly(loss)
         self.optim.zero_grad()
         if self.scaler is None:
             loss.backward()
