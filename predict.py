@@ -56,7 +56,8 @@ from clip.model import CLIP
 from dassl.config import get_cfg_default, merge_from_file_checked
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
-from dassl.utils import MissingFileError, UserError, load_checkpoint, read_image
+from common.errors import MissingFileError, UserError
+from dassl.utils import load_checkpoint, read_image
 from dassl.utils.tools import atomic_write_text
 from descriptions import description_file, load_descriptions
 from trainers.config import add_trainer_cfg
