@@ -53,10 +53,10 @@ import clip
 import datasets  # noqa: F401  (registers every dataset, for --dataset-config-file)
 from clip import CLIPLoadError
 from clip.model import CLIP
+from common.errors import MissingFileError, UserError
 from dassl.config import get_cfg_default, merge_from_file_checked
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
-from common.errors import MissingFileError, UserError
 from dassl.utils import load_checkpoint, read_image
 from dassl.utils.tools import atomic_write_text
 from descriptions import description_file, load_descriptions
