@@ -260,9 +260,10 @@ CASES = {
 # Faults injected into a case's run (see test_reliability_zygote.py).
 FAULTS = {"disk full at the start (log.txt)": [{"kind": "enospc_on_open", "name": "log.txt"}]}
 
-# Output-dir entries a failed run may leave: its log (and the training curves of a run that failed mid-epoch).
+# Output-dir entries a failed run may leave: its log (and the config and training curves of a run that failed
+# mid-epoch).
 LOGS = {"log.txt"}
-TRAINING_LOGS = {"log.txt", "tensorboard"}
+TRAINING_LOGS = {"log.txt", "tensorboard", "config.yaml"}
 STARTED_TRAINING = {"image unreadable", "image unreadable in a DataLoader worker"}
 
 
