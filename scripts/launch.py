@@ -251,9 +251,15 @@ class Pool:
         with open(run.log, "a") as log:
             log.write(f"==> {time.strftime('%Y-%m-%d %H:%M:%S')} CUDA_VISIBLE_DEVICES={device} {run.line}\n")
             log.flush()
-            run.proc = subprocess.Popen(run.argv, cwd=REPO, env={**self.env, "CUDA_VISIBLE_DEVICES": device},
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_launcher)
+            try:
+                run.proc = subprocess.Popen(run.argv, cwd=REPO, env={**self.env, "CUDA_VISIBLE_DEVICES": device},
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=_die_with_launcher)
+            except OSError as e:  # e.g. PYTHON is not an executable
+                log.write(f"error: cannot start {run.argv[0]}: {e}\n")
+                self.free.append(slot)
+                self._finish(run, "failed", f"cannot start {run.argv[0]}: {e.strerror}")
+                return
         self._event(f"start  [gpu {device}] {run.name}")
 
     def _reap(self) -> None:
@@ -338,12 +344,14 @@ class Pool:
         lines = [self.title, self.status_line(), ""]
         now = time.time()
         for run in sorted((r for r in self.runs if r.state == "running"), key=lambda r: r.slot):
-            lines.append(f"  gpu {self.slots[run.slot]:>3}  {fmt_time(now - run.start)}  {run.name}")
-        failed = [r for r in self.runs if r.state == "failed"]
-        lines += [f"  FAILED  {r.name} ({r.reason})" for r in failed]
+            lines.append(f"  gpu {self.slots[run.slot]:<4} {fmt_time(now - run.start)}  {run.name}")
+        lines += [f"  FAILED    {r.name} ({r.reason})" for r in self.runs if r.state == "failed"]
         queued = [r for r in self.runs if r.state == "queued"]
         if queued:
-            lines.append(f"  next: {queued[0].name}" + (f" (+{len(queued) - 1} more)" if len(queued) > 1 else ""))
+            lines.append(f"  next      {queued[0].name}" + (f" (+{len(queued) - 1} more)" if len(queued) > 1 else ""))
+        room = max(rows - 2 - len(lines), 0)  # the most recently finished runs fill the rest of the screen
+        done = sorted((r for r in self.runs if r.state == "done"), key=lambda r: -r.end)[:room]
+        lines += [f"  done {fmt_time(r.end - r.start)}  {r.name}" for r in done]
         lines = [line[:columns - 1] for line in lines[:max(rows - 2, 3)]]
         up = f"\x1b[{self.drawn_lines}F" if self.drawn_lines else ""
         self.out.write(up + "\x1b[J" + "\n".join(lines) + "\n")

@@ -100,6 +100,14 @@ def test_bad_arguments_one_line(tmp_path):
         assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
     proc = launch({"OUTPUT": str(tmp_path), "DATASETS": "nosuchset"}, "few_shot", "--gpus", "0")
     assert proc.returncode == 2 and "unknown dataset id 'nosuchset'" in proc.stderr  # the driver's own error
+    # without the optional submitit: one line that says what to install
+    hide = ("import runpy, sys; sys.modules['submitit'] = None; "
+            f"sys.argv = [{LAUNCH!r}, 'base2new', '--slurm', '--dry-run']; "
+            f"runpy.run_path({LAUNCH!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", hide], env=launch_env(OUTPUT=str(tmp_path)), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr == "error: --slurm needs the optional package submitit: " \
+                                                   "pip install submitit\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -153,6 +161,19 @@ def test_pool_interrupted_and_relaunched_matches_sequential_drivers(tmp_path):
     logs = sorted((out / "launch_logs").iterdir())
     assert len(logs) == 4
     assert all("CUDA_VISIBLE_DEVICES=7" in p.read_text() or "CUDA_VISIBLE_DEVICES=9" in p.read_text() for p in logs)
+
+
+def test_pool_failed_run_blocks_its_dependent_and_exits_1(tmp_path):
+    env = {"OUTPUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "SEEDS": "1", "DATASETS": "toy_shapes",
+           "EXTRA_OPTS": "NO_SUCH.KEY 1"}
+    proc = launch(env, "base2new", "--gpus", "0,1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "summary: 0 done, 2 failed, 0 not run" in proc.stdout
+    train_log = next((tmp_path / "out" / "launch_logs").glob("base2new__train_base__*.log"))
+    assert "failed: base2new/train_base/" in proc.stdout and f"exit status 2; log: {train_log}" in proc.stdout
+    assert "NO_SUCH.KEY" in train_log.read_text()  # train.py's one-line error is in the run's log
+    assert "(not started: base2new/train_base/" in proc.stdout  # the novel test never ran
+    assert not list((tmp_path / "out" / "launch_logs").glob("base2new__test_new__*.log"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
