@@ -171,6 +171,15 @@ def stages(runs: Sequence[Run]) -> List[List[int]]:
     return [grouped[k] for k in sorted(grouped)]
 
 
+def run_finished(output_dir: str, kind: str) -> bool:
+    """Whether the run's results.json holds its final result (the drivers' check: parse_results.py --finished)."""
+    if not osp.isfile(osp.join(output_dir, "results.json")):
+        return False
+    check = [sys.executable, osp.join(REPO, "scripts", "parse_results.py"), "--finished", output_dir,
+             "--run-kind", kind]
+    return subprocess.run(check, capture_output=True).returncode == 0
+
+
 def log_path(log_dir: str, run: Run) -> str:
     return osp.join(log_dir, run.name.strip("/").replace("/", "__") + ".log")
 
@@ -242,7 +251,10 @@ class Pool:
                 failed = next(n for n in needs if n.state == "failed")
                 self._finish(run, "failed", f"not started: {failed.name} failed")
             elif all(n.state == "done" for n in needs) and self.free:
-                self._launch(run, self.free.pop(0))
+                if run_finished(run.output_dir, run.kind):  # by another launcher since the grid was expanded
+                    self._finish(run, "done", "finished meanwhile, not run again")
+                else:
+                    self._launch(run, self.free.pop(0))
 
     def _launch(self, run: Run, slot: int) -> None:
         run.slot, run.start, run.state = slot, time.time(), "running"
@@ -298,8 +310,9 @@ class Pool:
             time.sleep(0.1)
         self._signal_children(signal.SIGKILL)
         for run in running:
-            if run.proc is not None:
-                run.proc.wait()
+            if run.proc is not None and run.proc.wait() == 0:  # it ended on its own just before the signal
+                self._reap()
+            elif run.proc is not None:
                 self.free.append(run.slot)
                 run.state, run.reason, run.end, run.proc = "queued", "interrupted", time.time(), None
 
@@ -313,7 +326,7 @@ class Pool:
 
     def eta(self) -> Optional[float]:
         """Seconds until the grid ends: mean duration of finished runs of the same kind, spread over the slots."""
-        done = [r for r in self.runs if r.state == "done"]
+        done = [r for r in self.runs if r.state == "done" and r.start]  # runs that ran here
         mean_all = sum(r.end - r.start for r in done) / len(done) if done else None
         left = 0.0
         for run in self.runs:
@@ -350,7 +363,7 @@ class Pool:
         if queued:
             lines.append(f"  next      {queued[0].name}" + (f" (+{len(queued) - 1} more)" if len(queued) > 1 else ""))
         room = max(rows - 2 - len(lines), 0)  # the most recently finished runs fill the rest of the screen
-        done = sorted((r for r in self.runs if r.state == "done"), key=lambda r: -r.end)[:room]
+        done = sorted((r for r in self.runs if r.state == "done" and r.start), key=lambda r: -r.end)[:room]
         lines += [f"  done {fmt_time(r.end - r.start)}  {r.name}" for r in done]
         lines = [line[:columns - 1] for line in lines[:max(rows - 2, 3)]]
         up = f"\x1b[{self.drawn_lines}F" if self.drawn_lines else ""
@@ -399,17 +412,19 @@ class SubmititRun:
     back the same command, which submitit requeues; train.py resumes from the last checkpoint in its output dir.
     """
 
-    def __init__(self, argv: List[str], log: str) -> None:
-        self.argv, self.log = argv, log
+    def __init__(self, argv: List[str], log: str, output_dir: str, kind: str) -> None:
+        self.argv, self.log, self.output_dir, self.kind = argv, log, output_dir, kind
         self._proc: Optional[subprocess.Popen] = None
 
     def __getstate__(self) -> Dict[str, object]:
-        return {"argv": self.argv, "log": self.log}  # never the live process
+        return {"argv": self.argv, "log": self.log, "output_dir": self.output_dir, "kind": self.kind}  # no process
 
     def __setstate__(self, state: Dict[str, object]) -> None:
         self.__dict__.update(state, _proc=None)
 
     def __call__(self) -> str:
+        if run_finished(self.output_dir, self.kind):  # e.g. requeued after its final test was written
+            return self.log
         with open(self.log, "a") as log:
             log.write(f"==> {time.strftime('%Y-%m-%d %H:%M:%S')} job {os.environ.get('SLURM_JOB_ID', '-')} "
                       f"{shlex.join(self.argv)}\n")
@@ -428,7 +443,7 @@ class SubmititRun:
         if self._proc is not None:
             # Only os-level calls here: the handler interrupted __call__ inside Popen.wait(), which holds its lock.
             stop_process(self._proc.pid)
-        return submitit.helpers.DelayedSubmission(SubmititRun(self.argv, self.log))
+        return submitit.helpers.DelayedSubmission(SubmititRun(self.argv, self.log, self.output_dir, self.kind))
 
 
 def stop_process(pid: int) -> None:
@@ -546,7 +561,8 @@ def run_submitit(runs: List[Run], args: argparse.Namespace, log_dir: str, name: 
         if not todo:
             continue
         with executor.batch():
-            jobs = [executor.submit(SubmititRun(runs[i].argv, log_path(log_dir, runs[i]))) for i in todo]
+            jobs = [executor.submit(SubmititRun(runs[i].argv, log_path(log_dir, runs[i]), runs[i].output_dir,
+                                                runs[i].kind)) for i in todo]
         for i in todo:
             runs[i].state, runs[i].log = "running", log_path(log_dir, runs[i])
         print(f"stage {k}/{len(groups)}: submitted {len(jobs)} run(s), job {jobs[0].job_id.split('_')[0]}",

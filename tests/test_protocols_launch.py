@@ -2,9 +2,8 @@
 
 1. ``--dry-run``: the grid is exactly what the drivers' ``DRY_RUN=1`` prints (XD and DG share their source run);
    with ``--slurm`` the sbatch script of each stage carries the resources of the flags.
-2. The pool runs a ToyShapes base-to-novel grid (2 seeds = train + novel test each, tiny random CLIP, one epoch) on
-   two fake device ids in parallel; Ctrl-C mid-grid stops it, the same command finishes the grid without repeating
-   finished runs, and every results.json ends with the accuracy of the sequential driver's run.
+2. The pool on ToyShapes: a failed run fails its dependent run and the exit status. (The pool's parallel grid,
+   interrupted and launched again, against the sequential drivers: test_protocols_scripts.py, which has those runs.)
 3. submitit's local executor: the job of a run is "preempted" (USR2, as SLURM signals it) mid-training, is requeued
    and its run resumes from its checkpoint.
 """
@@ -14,19 +13,10 @@ import os.path as osp
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from test_protocols_scripts import REPO, SCRIPT_ENV, TINY_OPTS, dry_run, final_test, run_script
-
-LAUNCH = osp.join(REPO, "scripts", "launch.py")
-
-
-def launch_env(**overrides):
-    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV and k != "CUDA_VISIBLE_DEVICES"}
-    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **overrides)
-    return env
+from test_protocols_scripts import LAUNCH, REPO, TINY_OPTS, dry_run, final_test, launch_env, run_script, wait_for
 
 
 def launch(env, *args, timeout=300):
@@ -45,7 +35,8 @@ def commands(stdout):
 
 @pytest.mark.parametrize("protocol", ["base2new", "few_shot", "cross_dataset", "domain_generalization"])
 def test_dry_run_is_the_drivers_dry_run(tmp_path, protocol):
-    env = {"OUTPUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "EXTRA_OPTS": "INPUT.SIZE (32,32)"}
+    env = {"OUTPUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "EXTRA_OPTS": "INPUT.SIZE (32,32)",
+           "SEEDS": "1 2", "SHOTS_LIST": "1 16"}
     proc = launch(env, protocol, "OPTIM.MAX_EPOCH", "2", "--dry-run", "--gpus", "0")
     assert proc.returncode == 0, proc.stderr
     expected = run_script(f"reproduce_{protocol}.sh", {"DRY_RUN": "1", **env}, "OPTIM.MAX_EPOCH", "2")
@@ -115,54 +106,6 @@ def test_bad_arguments_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_pool_interrupted_and_relaunched_matches_sequential_drivers(tmp_path):
-    grid = {"DATA": str(tmp_path / "data"), "SEEDS": "1 2", "DATASETS": "toy_shapes", "EXTRA_OPTS": TINY_OPTS}
-    run_script("reproduce_base2new.sh", {**grid, "OUTPUT": str(tmp_path / "seq")})
-    reference = {osp.relpath(p, tmp_path / "seq"): final_test(osp.dirname(p))["accuracy"]
-                 for p in map(str, (tmp_path / "seq").rglob("results.json"))}
-    assert len(reference) == 4
-
-    out = tmp_path / "pool"
-    env = {**grid, "OUTPUT": str(out)}
-    log = open(tmp_path / "launch1.txt", "w")
-    first = subprocess.Popen([sys.executable, LAUNCH, "base2new", "--gpus", "7,9"], env=launch_env(**env),
-                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(lambda: "] done " in (tmp_path / "launch1.txt").read_text(), 240, "a first finished run")
-        first.send_signal(signal.SIGINT)
-        assert first.wait(120) == 130
-    finally:
-        if first.poll() is None:
-            first.kill()
-        log.close()
-    text = (tmp_path / "launch1.txt").read_text()
-    assert "running 2" in text  # two runs at once, one per fake device
-    assert "interrupted" in text and "launch the same command again" in text
-    finished = {p: os.stat(p).st_mtime_ns for p in out.rglob("results.json")
-                if "test" in [r["split"] for r in json.loads(p.read_text())["evaluations"]]}
-    assert 1 <= len(finished) < 4
-
-    proc = launch(env, "base2new", "--gpus", "7,9")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{4 - len(finished)} run(s) to do, {len(finished)} already finished" in proc.stdout
-    assert "summary: " + f"{4 - len(finished)} done, 0 failed" in proc.stdout
-    assert {p: os.stat(p).st_mtime_ns for p in finished} == finished  # finished runs were not run again
-    got = {osp.relpath(p, out): final_test(osp.dirname(p))["accuracy"] for p in map(str, out.rglob("results.json"))}
-    assert got == pytest.approx(reference)
-    logs = sorted((out / "launch_logs").iterdir())
-    assert len(logs) == 4
-    assert all("CUDA_VISIBLE_DEVICES=7" in p.read_text() or "CUDA_VISIBLE_DEVICES=9" in p.read_text() for p in logs)
-
-
 def test_pool_failed_run_blocks_its_dependent_and_exits_1(tmp_path):
     env = {"OUTPUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "SEEDS": "1", "DATASETS": "toy_shapes",
            "EXTRA_OPTS": "NO_SUCH.KEY 1"}
@@ -209,7 +152,7 @@ def test_submitit_preempted_run_is_requeued_and_resumes(tmp_path):
     pytest.importorskip("submitit")
     out = tmp_path / "out"
     env = {"OUTPUT": str(out), "DATA": str(tmp_path / "data"), "SEEDS": "1", "DATASETS": "toy_shapes",
-           "SHOTS_LIST": "2", "EXTRA_OPTS": TINY_OPTS + " OPTIM.MAX_EPOCH 8 TRAIN.CHECKPOINT_FREQ 1"}
+           "SHOTS_LIST": "2", "EXTRA_OPTS": TINY_OPTS + " OPTIM.MAX_EPOCH 4 TRAIN.CHECKPOINT_FREQ 1"}
     log = open(tmp_path / "launch.txt", "w")
     launcher = subprocess.Popen([sys.executable, LAUNCH, "few_shot", "--submitit-local"], env=launch_env(**env),
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
