@@ -65,13 +65,13 @@ def test_dry_run_shared_source_and_finished_runs(tmp_path):
 def test_slurm_dry_run_prints_sbatch_parameters(tmp_path):
     env = {"OUTPUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "SEEDS": "1", "DATASETS": "dtd eurosat"}
     proc = launch(env, "base2new", "--slurm", "--dry-run", "--partition", "gpu", "--time", "2-00:00:00",
-                  "--gpus-per-job", "2", "--cpus", "6", "--mem", "48G", "--account", "lab", "--max-parallel", "3",
+                  "--gpus-per-job", "2", "--cpus", "6", "--mem", "48G", "--account", "lab", "--max-parallel", "1",
                   "--slurm-opt", "exclude=node7")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=2880", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --cpus-per-task=6", "#SBATCH --mem=48G", "#SBATCH --account=lab",
-                 "#SBATCH --exclude=node7", "#SBATCH --signal=USR2@90", "#SBATCH --array=0-1%2"):
+                 "#SBATCH --exclude=node7", "#SBATCH --signal=USR2@90", "#SBATCH --array=0-1%1"):
         assert line in out, line
     # two stages: the training runs, then the novel tests (submitted when the first array has ended)
     assert "# stage 1/2: job array of 2 run(s)" in out and "# stage 2/2: job array of 2 run(s)" in out
