@@ -544,9 +544,6 @@ class SimpleTrainer(TrainerBase):
                     print(f"Removed {osp.join(folder, name)} (left by an interrupted run)")
         directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
         self.check_resume_identity(directory)
-        if is_main_process():
-            write_json({"trainer": self.cfg.TRAINER.NAME, "identity": self.run_identity(),
-                        "identity_changes": self._identity_changes}, osp.join(self.output_dir, IDENTITY_FILE))
         self.start_epoch = self.resume_model_if_exist(directory)
         self.save_missing_checkpoint(self.start_epoch)
 
@@ -563,6 +560,14 @@ class SimpleTrainer(TrainerBase):
 
     def checkpoint_metadata(self) -> Dict[str, Any]:
         return {"identity": self.run_identity(), "identity_changes": self._identity_changes}
+
+    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result: Optional[float] = None,
+                   model_name: str = "") -> None:
+        """``TrainerBase.save_model``, then (rank 0) ``<directory>/identity.json``: the identity the files hold."""
+        super().save_model(epoch, directory, is_best, val_result, model_name)
+        if is_main_process():
+            write_json({"trainer": self.cfg.TRAINER.NAME, **self.checkpoint_metadata()},
+                       osp.join(directory, IDENTITY_FILE))
 
     def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str) -> None:
         """``UserError`` naming key, checkpoint value and config value for each ``load_keys`` entry that differs.
@@ -582,8 +587,9 @@ class SimpleTrainer(TrainerBase):
     def check_resume_identity(self, directory: str) -> None:
         """Stop unless this run's identity equals the one of the run it continues (ACCEPT_CONFIG_CHANGE accepts).
 
-        The run continued is the checkpoint that ``<directory>/<model>/checkpoint`` names, or, before the first
-        checkpoint, ``<OUTPUT_DIR>/identity.json``. A differing ``load_keys`` entry is never accepted.
+        The run continued is the checkpoint that ``<directory>/<model>/checkpoint`` names, or, without one (its
+        checkpoints deleted), the run that wrote ``<OUTPUT_DIR>/identity.json``. A differing ``load_keys`` entry is
+        never accepted.
         An accepted change is appended to ``self._identity_changes`` (stored in later checkpoints, identity.json
         and every results.json record of the models trained on).
         """
