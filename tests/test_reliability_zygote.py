@@ -68,12 +68,11 @@ def install_faults(faults, stdout_path):
         kind = fault["kind"]
         if kind == "kill_in_save":
             def save(obj, f, *args, _fault=fault, _real=torch.save, **kwargs):
-                path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)  # a path or a file
-                if path is not None and target_of_temp(path) == _fault["name"] and hit(_fault):
+                if isinstance(f, (str, os.PathLike)) and target_of_temp(f) == _fault["name"] and hit(_fault):
                     buffer = io.BytesIO()
                     _real(obj, buffer, *args, **kwargs)
                     data = buffer.getvalue()
-                    with open(path, "wb") as out:
+                    with open(f, "wb") as out:
                         out.write(data[: len(data) // 2])
                         out.flush()
                         os.fsync(out.fileno())

@@ -1,7 +1,7 @@
 """``results.json``: one machine-readable record per evaluation, beside ``log.txt``. Append-only.
 
 Format: ``{"schema": 2, "evaluations": [record, ...]}``; ``SimpleTrainer.result_record`` builds the records (what
-was evaluated: ``checkpoint``, ``checkpoint_sha256``, ``epoch``, ``model_identity``, ``model_identity_changes``;
+was evaluated: ``checkpoint``, ``weights_sha256``, ``epoch``, ``model_identity``, ``model_identity_changes``;
 how: ``split``, ``stage``, ``dataset``, ``subsample``, ``shots``, ``seed``, ``config``; the numbers: ``accuracy``,
 ``error``, ``macro_f1``, ``n``, ``correct``). Records are never removed or rewritten: a new one goes to the end,
 except that a record equal to one already there is not added twice (a resumed run that redoes an epoch, or a rerun

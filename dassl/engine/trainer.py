@@ -85,12 +85,18 @@ Names = Optional[Union[str, List[str]]]
 IDENTITY_FILE = "identity.json"
 
 
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of the file's content (results.json names what it evaluated by content, not only by path)."""
+def weights_sha256(models: Dict[str, nn.Module]) -> str:
+    """Hex SHA-256 of the models' state dicts (names, keys, dtypes, shapes and bytes, in order).
+
+    What results.json says was evaluated, by content: equal weights give equal hashes, whatever file they came from
+    (checkpoint files themselves differ between saves: random-number states, torch's per-save serialization id).
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:  # clip/pretrained.py has the same loop; dassl may not import clip
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for name, model in models.items():
+        for key, value in model.state_dict().items():
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{name}/{key}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -118,9 +124,9 @@ class TrainerBase:
         # loaded from a file); written into every results.json record.
         self._model_epoch: Optional[int] = None
         self._model_checkpoint: Optional[str] = None
-        # What a loaded checkpoint says about itself (results.json): content hash, training identity and the
-        # identity changes accepted while it was trained (None / [] for files without that metadata).
-        self._model_sha256: Optional[str] = None
+        # What a loaded checkpoint holds and says about itself (results.json): the hash of the weights loaded, the
+        # training identity and the identity changes accepted while it was trained (None / [] without metadata).
+        self._weights_sha256: Optional[str] = None
         self._model_identity: Optional[Dict[str, Any]] = None
         self._model_identity_changes: List[Dict[str, Any]] = []
         # Why the model is evaluated (results.json "stage"): "epoch" (during training), "final" (after training),
@@ -278,7 +284,7 @@ class TrainerBase:
             self.check_checkpoint_keys(meta, path)  # also for subclasses whose own load_model skips it
             self._model_checkpoint = path
             self._model_epoch = epoch if epoch is not None else meta.get("epoch")
-            self._model_sha256 = file_sha256(path)
+            self._weights_sha256 = weights_sha256(self._models)
             self._model_identity = meta.get("identity")
             self._model_identity_changes = list(meta.get("identity_changes") or [])
 
@@ -286,8 +292,9 @@ class TrainerBase:
         """Extra entries written into every checkpoint (``SimpleTrainer``: the run identity); plain values only."""
         return {}
 
-    def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str) -> None:
-        """Raise ``UserError`` if the checkpoint at ``path`` cannot mean the same under this config (no-op here)."""
+    def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str, action: str = "load") -> None:
+        """Raise ``UserError`` (``cannot <action> <path>: ...``) if the checkpoint at ``path`` cannot mean the same
+        under this config (no-op here)."""
 
     def set_model_mode(self, mode: str = "train", names: Names = None) -> None:
         """``"train"`` -> ``.train()``, ``"test"``/``"eval"`` -> ``.eval()`` on the registered models."""
@@ -451,7 +458,8 @@ class SimpleTrainer(TrainerBase):
     Run identity and strict checkpoints (``dassl.engine.identity``), declared per trainer class:
     ``cfg_node`` (its node under ``TRAINER``; None -> ``TRAINER.NAME`` upper-cased), ``identity_excluded_keys``
     (dotted keys or "."-ended prefixes that do not change what is learned) and ``load_keys`` (keys a checkpoint
-    must agree with to be loaded; extend the tuple, e.g. ``SimpleTrainer.load_keys + ("TRAINER.X.N_CTX",)``).
+    must agree with to be loaded; a trainer lists them all, e.g. ``("MODEL.BACKBONE.NAME", "TRAINER.X.N_CTX")``, so
+    that its file also imports on the real Dassl, which has none of these attributes).
     """
 
     cfg_node: Optional[str] = None
@@ -569,7 +577,7 @@ class SimpleTrainer(TrainerBase):
             write_json({"trainer": self.cfg.TRAINER.NAME, **self.checkpoint_metadata()},
                        osp.join(directory, IDENTITY_FILE))
 
-    def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str) -> None:
+    def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str, action: str = "load") -> None:
         """``UserError`` naming key, checkpoint value and config value for each ``load_keys`` entry that differs.
 
         Checkpoints without an identity (the released code's, or written before identities existed) pass.
@@ -581,7 +589,7 @@ class SimpleTrainer(TrainerBase):
         if diff:
             shown = "; ".join(f"{key} is {old!r} in the checkpoint but {new!r} in the config"
                               for key, (old, new) in diff.items())
-            raise UserError(f"cannot load {path}: {shown}; set the config to the checkpoint's values, "
+            raise UserError(f"cannot {action} {path}: {shown}; set the config to the checkpoint's values, "
                             "or use a checkpoint trained with this config")
 
     def check_resume_identity(self, directory: str) -> None:
@@ -601,7 +609,7 @@ class SimpleTrainer(TrainerBase):
                 path = osp.join(directory, names[0], f.readline().strip())
             if osp.isfile(path):  # a dangling pointer is reported by the resume itself
                 meta = read_checkpoint_meta(path)
-                self.check_checkpoint_keys(meta, path)
+                self.check_checkpoint_keys(meta, path, action="resume from")
                 stored, where, epoch = meta.get("identity"), f"resume from {path}", meta.get("epoch", 0)
                 self._identity_changes = list(meta.get("identity_changes") or [])
         elif osp.isfile(osp.join(self.output_dir, IDENTITY_FILE)):
@@ -707,7 +715,8 @@ class SimpleTrainer(TrainerBase):
     def result_record(self, split: str, results: Dict[str, float]) -> Dict[str, Any]:
         """The results.json record of this evaluation (the one place records are built; extend it here).
 
-        What was evaluated: ``checkpoint`` (absolute path; None: the model in memory), ``checkpoint_sha256``,
+        What was evaluated: ``checkpoint`` (absolute path; None: the model in memory), ``weights_sha256`` (of the
+        weights loaded from it, see ``weights_sha256``),
         ``epoch`` (epochs trained), ``model_identity`` (the identity of the run that trained it; None for a
         checkpoint without one) and ``model_identity_changes``. How: ``split``, ``stage`` ("epoch", "final" or
         "eval"), ``dataset``, ``subsample``, ``shots``, ``seed``, ``trainer``, ``backbone`` and the whole ``config``
@@ -734,7 +743,7 @@ class SimpleTrainer(TrainerBase):
             "n": getattr(self.evaluator, "_total", None),
             "correct": getattr(self.evaluator, "_correct", None),
             "checkpoint": self._model_checkpoint,
-            "checkpoint_sha256": self._model_sha256 if self._model_checkpoint is not None else None,
+            "weights_sha256": self._weights_sha256 if self._model_checkpoint is not None else None,
             "model_identity": identity,
             "model_identity_changes": changes,
             "config": cfg_to_dict(cfg),
