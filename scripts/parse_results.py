@@ -43,7 +43,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 PAPER_FILE = osp.join(osp.dirname(osp.abspath(__file__)), "paper_results.json")
 TRAINER = "HiCroPL"
@@ -73,9 +73,10 @@ TRAIN_END_LINES = ("Finish training", "Finished training")  # this engine / Dass
 def _is_after_training(record: Dict[str, Any]) -> bool:
     """Whether a ``test`` record of a training run is the test after training (not a per-epoch evaluation).
 
-    Records that say so have ``stage == "final"``. For older records: with ``TEST.FINAL_MODEL best_val`` the final test reloads ``model-best.pth.tar`` (the record names that
-    checkpoint); per-epoch evaluations of a dataset without val split are ``test`` records of the in-memory model
-    (checkpoint null). With ``last_step`` the only test is the one after the last epoch.
+    Records that say so have ``stage == "final"``. For older records: with ``TEST.FINAL_MODEL best_val`` the final
+    test reloads ``model-best.pth.tar`` (the record names that checkpoint); per-epoch evaluations of a dataset
+    without val split are ``test`` records of the in-memory model (checkpoint null). With ``last_step`` the only
+    test is the one after the last epoch.
     """
     if "stage" in record:
         return record["stage"] == "final"
@@ -110,7 +111,8 @@ def result_records(evaluations: Sequence[Any], run_kind: str) -> List[Dict[str, 
 
 
 def final_test_record(evaluations: Sequence[Any], run_kind: str, seed: Optional[int] = None,
-                      subsample: Optional[str] = None, warn: Optional[Any] = None) -> Optional[Dict[str, Any]]:
+                      subsample: Optional[str] = None,
+                      warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
     """The latest ``result_records`` entry of a model trained with ``seed`` on class subset ``subsample``.
 
     None (either filter) accepts any; a record that does not say its seed or subset fits. ``warn(message)`` is called
