@@ -130,8 +130,9 @@ def cache_dir() -> Path:
 
 
 def _text_tower_digest(clip_model: CLIP) -> str:
-    """SHA-256 of every weight the text features depend on (all of CLIP except the image tower)."""
-    digest = hashlib.sha256()
+    """SHA-256 of every weight the text features depend on (all of CLIP except the image tower) and of the
+    architecture, whose head counts and activation are not in the weights (open_clip's ViT-B-16 vs -quickgelu)."""
+    digest = hashlib.sha256(repr(clip_model.config).encode())
     for name, tensor in sorted(clip_model.state_dict().items()):
         if name.startswith("visual."):
             continue
@@ -649,6 +650,8 @@ class HiCroPL(TrainerX):
         print(f"Loading CLIP (backbone: {backbone})")
         clip_model, _ = clip.load(backbone, device=self.device)
         check_hicropl_cfg(hc, device=self.device, clip_model=clip_model)
+        clip.check_input(clip_model, backbone, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                         cfg.INPUT.INTERPOLATION)  # open_clip backbones: the images their weights expect
 
         path = Path(hc.DESCRIPTIONS) if hc.DESCRIPTIONS else description_file(cfg.DATASET.NAME)
         print(f"Frozen text features W from the descriptions in {path}")
@@ -659,6 +662,8 @@ class HiCroPL(TrainerX):
         if not is_same_backbone(hc.TEACHER_NAME, backbone):
             print(f"Loading the frozen teacher image encoder ({hc.TEACHER_NAME})")
             teacher, _ = clip.load(hc.TEACHER_NAME, device=self.device)
+            clip.check_input(teacher, hc.TEACHER_NAME, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                             cfg.INPUT.INTERPOLATION)
             if teacher.embed_dim != clip_model.embed_dim:
                 raise UserError(
                     f"TRAINER.HICROPL.TEACHER_NAME {hc.TEACHER_NAME} embeds into {teacher.embed_dim} dims but the "
