@@ -36,10 +36,15 @@ __all__ = [
 
 
 def atomic_torch_save(obj: Any, fpath: str) -> None:
-    """``torch.save`` to a temp file beside ``fpath``, then ``os.replace`` (no half-written file ever)."""
+    """``torch.save`` to a temp file beside ``fpath``, then ``os.replace`` (no half-written file ever).
+
+    Saved through an open file, so the zip archive's inner folder is always ``archive`` (given a path, torch names it
+    after the temp file): equal content gives equal bytes, and results.json's ``checkpoint_sha256`` is reproducible.
+    """
     tmp = temp_path_beside(fpath)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, fpath)
     finally:
         if osp.exists(tmp):
