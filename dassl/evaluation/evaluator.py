@@ -2,7 +2,7 @@
 (definitions in ``dassl.evaluation.metrics``), optional per-class accuracy and confusion matrix."""
 import os.path as osp
 from collections import OrderedDict, defaultdict
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,17 @@ class Classification(EvaluatorBase):
         self._topk: List[List[int]] = []
         self._topk_prob: List[List[float]] = []
         self._log_prob_true: List[float] = []
+        self._impaths: List[str] = []  # filled through set_impaths (our engine's hook; empty under real Dassl)
         self.extra_metrics: Dict[str, float] = {}  # set by evaluate(): dassl.evaluation.metrics.summary
+        self.reliability: Dict[str, Any] = {}  # set by evaluate(): dassl.evaluation.metrics.reliability_bins
+
+    def set_impaths(self, impaths: Sequence[str]) -> None:
+        """Optional hook: the image paths of the batch that the next ``process`` call receives (in its order).
+
+        This engine's ``test()`` calls it when the evaluator has it; real Dassl does not, and then the predictions
+        file has no paths. Call it for every batch or for none.
+        """
+        self._impaths.extend(str(p) for p in impaths)
 
     def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
         """``mo``: logits ``(B, num_classes)``; ``gt``: labels ``(B,)``."""
@@ -129,7 +139,7 @@ class Classification(EvaluatorBase):
             return
         parts = all_gather_object(
             (self._y_true, self._y_pred, dict(self._per_class_res) if self._per_class_res is not None else None,
-             self._topk, self._topk_prob, self._log_prob_true, self._num_classes)
+             self._topk, self._topk_prob, self._log_prob_true, self._num_classes, self._impaths)
         )
         self._y_true = [y for part in parts for y in part[0]]
         self._y_pred = [y for part in parts for y in part[1]]
@@ -137,6 +147,7 @@ class Classification(EvaluatorBase):
         self._topk_prob = [y for part in parts for y in part[4]]
         self._log_prob_true = [y for part in parts for y in part[5]]
         self._num_classes = max(part[6] for part in parts)
+        self._impaths = [p for part in parts for p in part[7]]
         self._total = len(self._y_true)
         self._correct = sum(int(t == p) for t, p in zip(self._y_true, self._y_pred))
         if self._per_class_res is not None:
@@ -171,6 +182,8 @@ class Classification(EvaluatorBase):
                                              np.asarray(self._log_prob_true), self._num_classes)
         print("=> calibration: " + ", ".join(
             f"{k} {v:.4f}" if k == "nll" else f"{k} {v:.2f}%" for k, v in self.extra_metrics.items()))
+        topk_prob = np.asarray(self._topk_prob, dtype=np.float64)
+        self.reliability = metrics.reliability_bins(topk_prob[:, 0], np.asarray(self._topk)[:, 0] == y_true)
 
         if self._per_class_res is not None:
             print("=> per-class result")

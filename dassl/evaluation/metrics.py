@@ -32,6 +32,7 @@ __all__ = [
     "adaptive_calibration_error",
     "equal_width_bins",
     "equal_mass_bins",
+    "reliability_bins",
     "log_softmax",
 ]
 
@@ -118,6 +119,24 @@ def adaptive_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     n = len(confidence)
     return float(100.0 * sum(size / n * gap for size, gap in _bin_gaps(confidence, correct,
                                                                         equal_mass_bins(confidence, n_bins))))
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = DEFAULT_BINS) -> dict:
+    """The reliability diagram of one evaluation: per equal-width bin ``m`` (``m = 1..M``), ``count`` = ``|B_m|``,
+    ``accuracy`` = ``100 · acc(B_m)`` and ``confidence`` = ``100 · conf(B_m)`` (None for empty bins).
+
+    Pooling several evaluations: sum the counts and average accuracy and confidence weighted by the counts; ECE is
+    ``Σ_m count_m / n · |accuracy_m - confidence_m|`` of the pooled bins.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    bins = equal_width_bins(confidence, n_bins)
+    return {
+        "bins": n_bins,
+        "count": [int(len(b)) for b in bins],
+        "accuracy": [float(100.0 * correct[b].mean()) if len(b) else None for b in bins],
+        "confidence": [float(100.0 * confidence[b].mean()) if len(b) else None for b in bins],
+    }
 
 
 def summary(labels: np.ndarray, topk: np.ndarray, topk_prob: np.ndarray, log_prob_true: np.ndarray,
