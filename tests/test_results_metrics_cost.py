@@ -220,3 +220,25 @@ def test_parse_results_metrics_cost_plot_and_exports(tree, capsys, tmp_path):
     assert exported[osp.relpath(tree["zs"], root)]["task"] == "zeroshot_classification"
     assert (tree["legacy"] / "results.json").read_bytes() == legacy_bytes  # parsing rewrites nothing
     shutil.rmtree(out)
+
+
+def test_reliability_bins_and_pooling_by_hand():
+    from dassl.evaluation.metrics import reliability_bins
+
+    # conf 0.1 -> bin 2 of 15 ((1/15, 2/15]); 0.95 -> bin 15; the others are empty
+    bins = reliability_bins(np.array([0.1, 0.1, 0.95]), np.array([True, False, True]))
+    assert bins["count"] == [0, 2] + [0] * 12 + [1]
+    assert bins["accuracy"][1] == pytest.approx(50.0) and bins["confidence"][1] == pytest.approx(10.0)
+    assert bins["accuracy"][14] == 100.0 and bins["confidence"][14] == pytest.approx(95.0)
+    assert bins["accuracy"][0] is None and bins["confidence"][7] is None
+
+    # pooling: counts add, accuracy and confidence are count-weighted means
+    other = reliability_bins(np.array([0.12]), np.array([True]))
+    runs = [pr.RunResult("a", "base2new", {"trainer": "M", "reliability": bins}),
+            pr.RunResult("b", "base2new", {"trainer": "M", "reliability": other}),
+            pr.RunResult("c", "base2new", {"trainer": "Old"})]
+    pooled = pr.pooled_reliability(runs)
+    assert list(pooled) == ["M"]
+    assert pooled["M"]["count"][1] == 3
+    assert pooled["M"]["accuracy"][1] == pytest.approx(200 / 3)
+    assert pooled["M"]["confidence"][1] == pytest.approx((10 + 10 + 12) / 3)

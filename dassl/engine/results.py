@@ -3,7 +3,8 @@
 Format: ``{"schema": 2, "evaluations": [record, ...]}``; ``SimpleTrainer.result_record`` builds the records (what
 was evaluated: ``checkpoint``, ``checkpoint_sha256``, ``epoch``, ``model_identity``, ``model_identity_changes``;
 how: ``split``, ``stage``, ``dataset``, ``subsample``, ``shots``, ``seed``, ``config``; the numbers: ``accuracy``,
-``error``, ``macro_f1``, ``n``, ``correct``). Records are never removed or rewritten: a new one goes to the end,
+``error``, ``macro_f1``, ``n``, ``correct``, the probability metrics and ``reliability`` bins; ``cost`` and, when
+files were written, ``files``). Records are never removed or rewritten: a new one goes to the end,
 except that a record equal to one already there is not added twice (a resumed run that redoes an epoch, or a rerun
 of a finished run, re-creates identical records). Schema-1 files (written before records were append-only) are
 read and extended as they are.

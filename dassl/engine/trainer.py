@@ -29,8 +29,8 @@ the processes, only rank 0 writes files, and the replicas are checked to be iden
 import datetime
 import functools
 import hashlib
-import shutil
 import os.path as osp
+import shutil
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -74,7 +74,6 @@ from dassl.utils import (
     UserError,
     write_json,
 )
-
 from dassl.evaluation.outputs import new_evaluation_dir, write_evaluation_files
 
 from .cost import count_flops, device_name, peak_memory, trainable_parameters
@@ -739,7 +738,7 @@ class SimpleTrainer(TrainerBase):
         return directory, write_evaluation_files(self.evaluator, directory, self.lab2cname, title=title, **asked)
 
     def cost_record(self) -> Dict[str, Any]:
-        """The ``cost`` entry of a results record (see README "results.json" for each field)."""
+        """The ``cost`` entry of a results record (README "Metrics, calibration and cost" defines each field)."""
         models = list(self._models.values())
         first = next((p for m in models for p in m.parameters()), None)
         node = self.cfg.TRAINER.get(self.cfg_node or self.cfg.TRAINER.NAME.upper())
