@@ -30,6 +30,7 @@ import datetime
 import functools
 import hashlib
 import os.path as osp
+import shutil
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -73,7 +74,9 @@ from dassl.utils import (
     UserError,
     write_json,
 )
+from dassl.evaluation.outputs import new_evaluation_dir, write_evaluation_files
 
+from .cost import count_flops, device_name, peak_memory, trainable_parameters
 from .identity import format_diff, identity_diff, run_identity
 from .results import append_result
 
@@ -132,6 +135,11 @@ class TrainerBase:
         # Why the model is evaluated (results.json "stage"): "epoch" (during training), "final" (after training),
         # "eval" (anything else, e.g. an --eval-only run).
         self._stage = "eval"
+        # Cost of this process's training (results.json "cost"): wall seconds in run_epoch, the FLOPs of one
+        # training step (counted on the first step when TRAIN.COUNT_FLOPS) and the wall seconds of that step.
+        self._train_seconds: Optional[float] = None
+        self._train_step_flops: Optional[int] = None
+        self._flop_count_seconds: Optional[float] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -375,7 +383,9 @@ class TrainerBase:
         self._stage = "epoch"
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
+            epoch_start = time.time()
             self.run_epoch()
+            self._train_seconds = (self._train_seconds or 0.0) + time.time() - epoch_start
             self.check_replicas()
             self._model_epoch, self._model_checkpoint = self.epoch + 1, None
             self.after_epoch()
@@ -699,10 +709,14 @@ class SimpleTrainer(TrainerBase):
         split, data_loader = self.eval_loader(split)
         print(f"Evaluate on the *{split}* set")
 
+        eval_start = time.time()
         for batch in tqdm(data_loader, desc=f"Evaluate ({split})", leave=False, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
+            if hasattr(self.evaluator, "set_impaths") and "impath" in batch:
+                self.evaluator.set_impaths(batch["impath"])
             self.evaluator.process(output, label)
+        self._eval_seconds = time.time() - eval_start
 
         results = self.evaluator.evaluate()
         for k, v in results.items():
@@ -714,7 +728,51 @@ class SimpleTrainer(TrainerBase):
         """Append ``result_record(split, results)`` to ``<OUTPUT_DIR>/results.json`` (rank 0 only)."""
         if not is_main_process():
             return
-        append_result(osp.join(self.cfg.OUTPUT_DIR, "results.json"), self.result_record(split, results))
+        record = self.result_record(split, results)
+        eval_dir, files = self.write_evaluation_files(split, record)
+        if files:
+            record["files"] = {key: osp.relpath(path, self.cfg.OUTPUT_DIR) for key, path in files.items()}
+        if not append_result(osp.join(self.cfg.OUTPUT_DIR, "results.json"), record) and eval_dir is not None:
+            shutil.rmtree(eval_dir)  # an equal record is there already (with its own files)
+
+    def write_evaluation_files(self, split: str, record: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, str]]:
+        """Write the files TEST.SAVE_PREDICTIONS / PER_CLASS_RESULT / COMPUTE_CMAT / RELIABILITY_DIAGRAM ask for into
+        a new folder (``dassl.evaluation.outputs``); returns ``(folder, {kind: path})`` (``(None, {})``: nothing
+        asked for, or an evaluator without the per-sample record)."""
+        test = self.cfg.TEST
+        save = test.get("SAVE_PREDICTIONS", False)
+        asked = dict(predictions=save, per_class=save or test.PER_CLASS_RESULT, cmat=save or test.COMPUTE_CMAT,
+                     diagram=test.get("RELIABILITY_DIAGRAM", False))
+        if not any(asked.values()) or not hasattr(self.evaluator, "_topk"):
+            return None, {}
+        directory = new_evaluation_dir(self.cfg.OUTPUT_DIR, split, record["stage"], record["epoch"])
+        title = f"{record['trainer']} {record['dataset']} {split} ({record['stage']}, epoch {record['epoch']})"
+        return directory, write_evaluation_files(self.evaluator, directory, self.lab2cname, title=title, **asked)
+
+    def cost_record(self) -> Dict[str, Any]:
+        """The ``cost`` entry of a results record (README "Metrics, calibration and cost" defines each field)."""
+        models = list(self._models.values())
+        first = next((p for m in models for p in m.parameters()), None)
+        node = self.cfg.TRAINER.get(self.cfg_node or self.cfg.TRAINER.NAME.upper())
+        precision = node.get("PREC") if node is not None and "PREC" in node else None
+        if precision is None and first is not None:
+            precision = str(first.dtype).replace("torch.", "")
+        eval_seconds = getattr(self, "_eval_seconds", None)
+        n = getattr(self.evaluator, "_total", None)
+        memory, memory_kind = peak_memory(self.device)
+        return {
+            "trainable_params": trainable_parameters(models),
+            "train_time_s": self._train_seconds,
+            "train_step_flops": self._train_step_flops,
+            "flop_count_step_s": self._flop_count_seconds,
+            "eval_time_s": eval_seconds,
+            "eval_images_per_s": n / eval_seconds if n and eval_seconds else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "device": device_name(self.device),
+            "precision": precision,
+            "world_size": get_world_size(),
+        }
 
     def result_record(self, split: str, results: Dict[str, float]) -> Dict[str, Any]:
         """The results.json record of this evaluation (the one place records are built; extend it here).
@@ -731,7 +789,7 @@ class SimpleTrainer(TrainerBase):
             identity, changes = self._model_identity, self._model_identity_changes
         else:
             identity, changes = self.run_identity(), self._identity_changes
-        return {
+        record = {
             "split": split,
             "stage": self._stage,
             "epoch": self._model_epoch,
@@ -752,6 +810,12 @@ class SimpleTrainer(TrainerBase):
             "model_identity_changes": changes,
             "config": cfg_to_dict(cfg),
         }
+        # Probability metrics and the reliability bins (dassl.evaluation.metrics), then the cost of the model.
+        record.update(getattr(self.evaluator, "extra_metrics", None) or {})
+        if getattr(self.evaluator, "reliability", None):
+            record["reliability"] = self.evaluator.reliability
+        record["cost"] = self.cost_record()
+        return record
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
@@ -788,7 +852,11 @@ class TrainerX(SimpleTrainer):
         end = time.time()
         for self.batch_idx, batch in enumerate(batches):
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            if self._train_step_flops is None and self.cfg.TRAIN.get("COUNT_FLOPS", False):
+                loss_summary, self._train_step_flops, self._flop_count_seconds = count_flops(
+                    lambda: self.forward_backward(batch))
+            else:
+                loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
             losses.update(self.mean_over_processes(loss_summary))
 
