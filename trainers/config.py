@@ -6,7 +6,7 @@ int <-> float changes, so float defaults are written with a dot.
 
 The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL),
 ``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP) and each comparison method's ``check_cfg`` (trainers/coop.py,
-cocoop.py, kgcoop.py, tcp.py).
+cocoop.py, kgcoop.py, tcp.py, linear_probe.py).
 """
 from yacs.config import CfgNode as CN
 
@@ -18,7 +18,7 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
-    """Add ``TRAINER.HICROPL``, ``ZSCLIP``, ``COOP``, ``COCOOP``, ``KGCOOP`` and ``TCP`` to ``cfg`` in place."""
+    """Add ``TRAINER.HICROPL``, ``ZSCLIP``, ``COOP``, ``COCOOP``, ``KGCOOP``, ``TCP`` and ``LP`` to ``cfg`` in place."""
     cfg.TRAINER.HICROPL = CN()
     # Prompt length m (int >= 1): learnable tokens per layer in each tower (configs: 16; cross-dataset 2).
     # "X " * m + class name + "." must fit CLIP's 77-token context for every class.
@@ -108,3 +108,8 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.TCP.LAYER = 8
     # Weight of the knowledge term W * (1 - mean_k cos(w_k, w_k^clip)) (float >= 0; published 8.0).
     cfg.TRAINER.TCP.W = 8.0
+
+    cfg.TRAINER.LP = CN()
+    # Linear-probe CLIP (trainers/linear_probe.py): rounds of the interval search for C after the coarse sweep
+    # (int >= 0; published 8).
+    cfg.TRAINER.LP.NUM_STEP = 8
