@@ -94,7 +94,7 @@ def test_coop_class_token_layouts_and_eot(tiny, position):
         sot, name_ids, tail = ids[:1], ids[1:int(ids.argmax()) - 1], ids[int(ids.argmax()) - 1:]  # tail: . EOT pad
         parts = [embed[sot], embed[name_ids], ctx] if position == "front" else \
             [embed[sot], ctx[:2], embed[name_ids], ctx[2:]]
-        row = torch.cat(parts + [embed[tail]])[:77]
+        row = torch.cat(parts + [embed[tail]])[:int(learner.eot.max()) + 1]  # positions past every EOT: unused
         rows.append(row)
     expected_rows = torch.stack(rows)
     expected_eot = torch.tensor([1 + 4 + len(clip.tokenize([n])[0].nonzero()) - 2 + 1 for n in CLASSES])

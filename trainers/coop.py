@@ -12,6 +12,9 @@ Class-token position (``CLASS_TOKEN_POSITION``) with c = the class-name tokens, 
 "middle"/"front" put the context at class-dependent positions, so the rows are assembled here and encoded with
 ``CLIP.encode_text_embeddings`` (positional embeddings added after assembly; EOT stays where it was).
 
+With ``CTX_INIT`` words, M = their token count (``N_CTX`` ignored, as in CoOp); with ``CSC`` every class starts from
+those words (the released code silently ignored ``CSC`` when ``CTX_INIT`` was set).
+
 Checkpoints (``prompt_learner/model.pth.tar-<epoch>``) hold ``ctx`` only; released CoOp files (``ctx``,
 ``token_prefix``, ``token_suffix``) load, their class-dependent buffers dropped.
 """
@@ -51,13 +54,15 @@ class CoOpPromptLearner(nn.Module):
         self.register_buffer("tokenized_prompts", tokens, persistent=False)
         self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)  # (K,) EOT positions
         if position != "end":
-            with torch.no_grad():  # (K, 77, D_t): [SOT] X..X c . EOT pad; the X rows are replaced in `layout`
-                self.register_buffer("token_embeddings", clip_model.token_embedding(tokens).float(),
+            length = int(self.eot.max()) + 1  # later (padding) positions cannot reach any EOT feature
+            with torch.no_grad():  # (K, L, D_t): [SOT] X..X c . EOT pad; the X rows are replaced in `layout`
+                self.register_buffer("token_embeddings", clip_model.token_embedding(tokens[:, :length]).float(),
                                      persistent=False)
             self.name_lens = name_lengths(classnames)
 
     def layout(self, ctx: torch.Tensor) -> torch.Tensor:
-        """ctx (M, D_t) or (K, M, D_t) -> input embeddings (K, 77, D_t) in the "middle" or "front" layout."""
+        """ctx (M, D_t) or (K, M, D_t) -> input embeddings (K, L, D_t) in the "middle" or "front" layout
+        (L = the longest prompt's EOT position + 1)."""
         rows, m, half = [], self.n_ctx, self.n_ctx // 2
         embeddings = self.token_embeddings.to(ctx.dtype)
         for k, n_name in enumerate(self.name_lens):
