@@ -162,8 +162,13 @@ class PromptedCLIP(nn.Module):
         """(B, d), (K, d) unit rows -> logits (B, K) float32 = exp(logit_scale) * cosine."""
         return (self.clip_model.logit_scale.exp() * image_features @ class_features.t()).float()
 
+    # Prefix of the state-dict keys: "" (released names, e.g. ``ctx``); "prompt_learner." names them as the
+    # parameters are named, which DDP setup needs (it syncs the parameters that the state dict names).
+    state_dict_prefix = ""
+
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
-        return self.prompt_learner.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return self.prompt_learner.state_dict(destination=destination, prefix=prefix + self.state_dict_prefix,
+                                              keep_vars=keep_vars)
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load our checkpoints or the released code's (its class-dependent buffers and unused modules dropped)."""
@@ -224,6 +229,15 @@ class PromptTrainer(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.model_name, self.model, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.model.precision.grad_scaler else None
+
+    def setup_distributed(self) -> None:
+        """The engine's DDP setup, with the state dict naming the learned tensors by their parameter names."""
+        model = self.model
+        model.state_dict_prefix = "prompt_learner."
+        try:
+            super().setup_distributed()
+        finally:
+            model.state_dict_prefix = ""
 
     # The optimisation step is HiCroPL's (its model has the same interface): NaN check before any update, optional
     # GradScaler, the lr scheduler stepped after the last batch of each epoch.
