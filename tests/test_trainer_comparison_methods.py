@@ -246,3 +246,14 @@ def test_published_configs_merge_with_their_values(name):
         for part in key.split("."):
             node = node[part]
         assert node == value, key
+
+
+@pytest.mark.parametrize("method, opts, message", [
+    ("CoOp", ["TRAINER.COOP.PREC", "fp16"], "TRAINER.COOP.PREC fp16 needs a CUDA device"),
+    ("CoOp", ["TRAINER.COOP.CLASS_TOKEN_POSITION", "middel"], "CLASS_TOKEN_POSITION is 'middel'; choose one of"),
+    ("TCP", ["TRAINER.TCP.LAYER", "4"], r"TRAINER.TCP.LAYER is 4; it must lie in \[1, 3\]"),
+    ("KgCoOp", ["TRAINER.KGCOOP.W", "-1.0"], "TRAINER.KGCOOP.W is -1.0; it must be >= 0"),
+])
+def test_bad_settings_fail_in_one_line(tmp_path_factory, tmp_path, method, opts, message):
+    with pytest.raises(UserError, match=message):
+        make_trainer(str(tmp_path_factory.getbasetemp() / "data"), tmp_path, method, *opts)
