@@ -163,7 +163,8 @@ class LinearProbeCLIP(TrainerX):
             self.model.weight[rows] = weight.to(self.device)
             self.model.bias[rows] = bias.to(self.device)
         self.save_model(0, self.output_dir)
-        self._note_loaded_model(self.output_dir, 1)
+        if hasattr(self, "_note_loaded_model"):  # this engine: the test record names the saved probe (real Dassl: no)
+            self._note_loaded_model(self.output_dir, 1)
         self.test()
 
     @torch.no_grad()
