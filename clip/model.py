@@ -10,6 +10,16 @@ tensors; *where* prompt tokens sit in the sequence is fixed when the tower build
 Parameter names, shapes and the layout of the state dict are those of OpenAI's released checkpoints, so
 `build_model(state_dict)` loads them strictly. Tensors are batch-first: (batch, tokens, width).
 
+openai-clip's call conventions hold where code written against openai-clip (CoOp-family trainers) uses them:
+`model.transformer(x)` and `model.visual.transformer(x)` take and return sequence-first tensors (L, N, D), exactly
+as openai-clip's do; module attribute names (`transformer`, `token_embedding`, `positional_embedding`, `ln_final`,
+`text_projection`, `visual`, `logit_scale`, `dtype`) are openai-clip's; `convert_weights(model)` casts to fp16.
+Our prompt-aware path is explicit and batch-first: `encode_text(text, prompts=...)`, `encode_image(image,
+prompts=...)`, `Transformer.forward_batch_first(x, prompts)`. Calls this CLIP cannot honour (e.g. MaPLe's
+`transformer([x, deep_prompts, counter])`, meant for its own patched CLIP) raise `CLIPCallError`, one line naming
+the calling file. The blocks (`transformer.resblocks[i]`) are batch-first; code that calls them one by one needs
+its own CLIP.
+
 Extension points for prompt-learning methods (n texts, m prompt tokens, D_t text width, L <= context_length, B
 images, K classes, d = embed_dim). With no prompts every path is exactly openai-clip's computation.
 
@@ -30,6 +40,8 @@ images, K classes, d = embed_dim). With no prompts every path is exactly openai-
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple, Union
@@ -40,6 +52,27 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 Prompts = Optional[Sequence[Optional[torch.Tensor]]]
+
+_CLIP_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+class CLIPCallError(TypeError):
+    """Code calls this CLIP in a way it cannot honour (e.g. an input meant for another project's patched CLIP).
+    The message is one line naming the calling file and what to do; `train.py` prints it as ``error: <message>``."""
+
+
+def calling_file() -> str:
+    """``path:line`` of the innermost frame outside clip/ and torch/: the code that called into this CLIP."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith((_CLIP_DIR + os.sep, _TORCH_DIR + os.sep)):
+            relative = os.path.relpath(path)
+            return f"{path if relative.startswith('..') else relative}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown file>"
+
 
 # Keys that OpenAI's TorchScript archives carry next to the weights; they hold no parameters.
 _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -67,6 +100,13 @@ class CLIPConfig:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+    # MLP activation of every transformer block, both towers: a key of ACTIVATIONS ("quick_gelu": OpenAI's CLIPs;
+    # "gelu": exact erf GELU, e.g. open_clip configs without "-quickgelu").
+    activation: str = "quick_gelu"
+    # Hidden width of the block MLPs (None = 4 x the tower's width, as in OpenAI's CLIPs; open_clip's ViT-g/bigG/e
+    # differ).
+    vision_mlp_width: Optional[int] = None
+    transformer_mlp_width: Optional[int] = None
 
     @property
     def is_vit(self) -> bool:
@@ -112,6 +152,10 @@ class QuickGELU(nn.Module):
             return _QuickGELUFunction.apply(x)
         # Without autograd: one (B, N, 4D) buffer instead of three (the MLP's largest tensors).
         return (x * 1.702).sigmoid_().mul_(x)
+
+
+# MLP activations a `CLIPConfig.activation` may name.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
 class SelfAttention(nn.Module):
@@ -172,17 +216,22 @@ class SelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) with a 4x QuickGELU MLP."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the MLP is width -> mlp_width (default
+    4 x width) -> width with the `activation` of ACTIVATIONS (default QuickGELU) in between."""
 
-    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False, mlp_width: Optional[int] = None,
+                 activation: str = "quick_gelu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.causal = causal
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNorm(width)
+        mlp_width = mlp_width or 4 * width
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, 4 * width)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(4 * width, width)),
+            ("c_fc", nn.Linear(width, mlp_width)),
+            ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", nn.Linear(mlp_width, width)),
         ]))
         self.ln_2 = LayerNorm(width)
 
@@ -208,6 +257,7 @@ class Transformer(nn.Module):
         "after_first": positions 1..m (text tower: right after the start-of-text token);
         "last":        the last m tokens (image tower: after [CLS] and the patches).
     causal: causal attention mask (text tower).
+    mlp_width, activation: of every block (see `ResidualAttentionBlock`).
     """
 
     # Activation checkpointing: while autograd records, keep only each block's input and recompute the block in
@@ -216,7 +266,8 @@ class Transformer(nn.Module):
     checkpointing: bool = False
 
     def __init__(self, width: int, layers: int, heads: int, causal: bool = False,
-                 prompt_position: str = "last") -> None:
+                 prompt_position: str = "last", mlp_width: Optional[int] = None,
+                 activation: str = "quick_gelu") -> None:
         super().__init__()
         if prompt_position not in PROMPT_POSITIONS:
             raise ValueError(f"prompt_position must be one of {PROMPT_POSITIONS}, got {prompt_position!r}")
@@ -225,7 +276,8 @@ class Transformer(nn.Module):
         self.heads = heads
         self.causal = causal
         self.prompt_position = prompt_position
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal, mlp_width, activation)
+                                         for _ in range(layers)])
 
     def replace_prompt_tokens(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """Overwrite the m prompt positions of x (B, N, D) with prompt (m, D) or (B, m, D); returns (B, N, D)."""
@@ -235,7 +287,32 @@ class Transformer(nn.Module):
             return torch.cat([x[:, :1], prompt, x[:, 1 + n_prompt:]], dim=1)
         return torch.cat([x[:, :-n_prompt], prompt], dim=1)
 
-    def forward(self, x: torch.Tensor, prompts: Prompts = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *unsupported: object) -> torch.Tensor:
+        """openai-clip's call: x (L, N, D) sequence-first -> (L, N, D) sequence-first, no prompts.
+
+        What CoOp-family code does around `clip_model.transformer(x.permute(1, 0, 2))`. Anything else (a MaPLe-style
+        list [x, deep_prompts, counter], more arguments, a wrong shape) raises `CLIPCallError` naming the caller.
+        """
+        if unsupported:
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with {1 + len(unsupported)} arguments; like openai-clip's "
+                "it takes one sequence-first tensor (L, N, D). Per-layer prompts go through the batch-first "
+                "transformer.forward_batch_first(x, prompts) or encode_text/encode_image(..., prompts=...)")
+        if not isinstance(x, torch.Tensor):
+            kind = type(x).__name__
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with a {kind}, not a tensor (L, N, {self.width}) as "
+                "openai-clip's takes; a list such as [x, deep_prompts, counter] is meant for another project's "
+                "patched CLIP (MaPLe-style). Pass per-layer prompts with encode_text(text, prompts=...) / "
+                "encode_image(image, prompts=...), or ship that method's own CLIP module with the trainer")
+        if x.dim() != 3 or x.shape[-1] != self.width:
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with shape {tuple(x.shape)}; it takes (L, N, "
+                f"{self.width}) sequence-first, as openai-clip's does (permute a batch-first (N, L, D) with "
+                "x.permute(1, 0, 2))")
+        return self.forward_batch_first(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward_batch_first(self, x: torch.Tensor, prompts: Prompts = None) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D). prompts[i], if given and not None, replaces the prompt tokens at the input
         of block i (blocks at index >= len(prompts) get no replacement)."""
         for index, block in enumerate(self.resblocks):
@@ -300,7 +377,7 @@ class VisionTransformer(nn.Module):
     """ViT image tower: patches -> [CLS] + patches + pos-emb [+ prompts] -> ln_pre -> blocks -> ln_post(CLS) @ proj."""
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int) -> None:
+                 output_dim: int, mlp_width: Optional[int] = None, activation: str = "quick_gelu") -> None:
         super().__init__()
         if input_resolution % patch_size:
             raise ValueError(f"input resolution {input_resolution} is not a multiple of the patch size {patch_size}")
@@ -315,7 +392,8 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(n_tokens, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, causal=False, prompt_position="last")
+        self.transformer = Transformer(width, layers, heads, causal=False, prompt_position="last",
+                                       mlp_width=mlp_width, activation=activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -337,7 +415,7 @@ class VisionTransformer(nn.Module):
         if n_prompt:
             x = torch.cat([x, _per_sample(prompts[0], batch).to(x.dtype)], dim=1)
         x = self.ln_pre(x)
-        x = self.transformer(x, None if not n_prompt else [None, *prompts[1:]])
+        x = self.transformer.forward_batch_first(x, None if not n_prompt else [None, *prompts[1:]])
         return self.ln_post(x[:, 0, :]) @ self.proj
 
 
@@ -472,12 +550,14 @@ class CLIP(nn.Module):
         self.vocab_size = config.vocab_size
         if config.is_vit:
             self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
-                                            config.vision_layers, config.vision_heads, config.embed_dim)
+                                            config.vision_layers, config.vision_heads, config.embed_dim,
+                                            config.vision_mlp_width, config.activation)
         else:
             self.visual = ModifiedResNet(config.vision_layers, config.embed_dim, config.vision_heads,
                                          config.image_resolution, config.vision_width)
         self.transformer = Transformer(config.transformer_width, config.transformer_layers, config.transformer_heads,
-                                       causal=True, prompt_position="after_first")
+                                       causal=True, prompt_position="after_first",
+                                       mlp_width=config.transformer_mlp_width, activation=config.activation)
         self.token_embedding = nn.Embedding(config.vocab_size, config.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.transformer_width))
         self.ln_final = LayerNorm(config.transformer_width)
@@ -567,7 +647,7 @@ class CLIP(nn.Module):
         if n_prompt and prompts[0] is not None:
             x = self.transformer.replace_prompt_tokens(x, prompts[0])
         x = x + self.positional_embedding[:length].to(self.dtype)
-        x = self.transformer(x, None if not n_prompt else [None, *prompts[1:]])
+        x = self.transformer.forward_batch_first(x, None if not n_prompt else [None, *prompts[1:]])
         x = self.ln_final(x)
         return x[torch.arange(batch, device=x.device), eot] @ self.text_projection
 
@@ -597,8 +677,9 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-def convert_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast matmul and conv weights (and the two projection matrices) to dtype, in place, as CLIP does for fp16.
+def convert_weights(model: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
+    """Cast matmul and conv weights (and the two projection matrices) to dtype (default fp16, as openai-clip's
+    one-argument `convert_weights(model)`), in place.
 
     LayerNorms, BatchNorms, embeddings, [CLS]/positional embeddings and logit_scale stay float32; `LayerNorm` and
     `BatchNorm2d` compute in float32 and cast back, so an fp16 model runs end to end. Returns model.
@@ -664,7 +745,8 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig
 
 def build_model(state_dict: Mapping[str, torch.Tensor]) -> CLIP:
     """Build a float32 CLIP from an OpenAI-layout state dict (strict: every key must match). Returns train mode,
-    like any freshly built module; `clip.load` puts it in eval mode."""
+    like any freshly built module; `clip.load` puts it in eval mode. openai-clip's `build_model` (fp16 weights,
+    eval mode) is `clip.clip.build_model`, the one CoOp-family code calls."""
     # Own float32 copies: the model must not alias the caller's tensors (fp32 inputs would otherwise be shared).
     state_dict = {key: value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
                   for key, value in state_dict.items() if key not in _NON_WEIGHT_KEYS}

@@ -40,6 +40,7 @@ MODEL_URLS: Dict[str, str] = {
 }
 
 RANDOM_PREFIX = "random:"
+OPEN_CLIP_PREFIX = "open_clip:"  # open_clip backbones: clip/open_clip_convert.py
 RANDOM_SEED = 0  # seed of every `random:<arch>` model, so that the same spec always gives the same weights
 OFFLINE_ENV = "HICROPL_OFFLINE"  # "1" / "true" / "yes" / "on": never touch the network
 CACHE_ENV = "CLIP_CACHE_DIR"  # cache directory for downloads (default ~/.cache/clip)
@@ -153,18 +154,27 @@ def _download(url: str, target: Path, sha256: str) -> None:
 
 def fetch(name: str, download_root: Union[str, os.PathLike, None] = None) -> Path:
     """Path of the verified checkpoint of OpenAI model `name` in the cache, downloading it if needed."""
-    url = MODEL_URLS[name]
+    return fetch_url(MODEL_URLS[name], download_root, name)
+
+
+def fetch_url(url: str, download_root: Union[str, os.PathLike, None] = None, name: str = "") -> Path:
+    """Path of the verified file of `url` (whose second-to-last path component is its SHA256) in the cache,
+    `cache_dir(download_root) / basename(url)`, downloading it if needed. name: what the messages call it."""
+    name = name or os.path.basename(url)
+    offline = is_offline() and not url.startswith("file:")  # a file:// URL needs no network
     sha256 = url.split("/")[-2]
     target = cache_dir(download_root) / os.path.basename(url)
+    if target.exists() and not target.is_file():
+        raise WeightsFileError(f"{target} exists and is not a regular file; remove it so that {name} can be cached")
     if target.is_file():
         actual = _sha256(target)
         if actual == sha256:
             return target
-        if is_offline():
+        if offline:
             raise ChecksumError(f"the cached {name} weights {target} have SHA256 {actual}, expected {sha256}; "
                                 f"replace the file with {url} (offline mode is on: {OFFLINE_ENV}=1)")
         warnings.warn(f"the cached {name} weights {target} have SHA256 {actual}, expected {sha256}; re-downloading")
-    elif is_offline():
+    elif offline:
         raise MissingWeightsError(f"CLIP {name} weights are not cached and offline mode is on ({OFFLINE_ENV}=1): "
                                   f"download {url} and place it at {target}")
     _download(url, target, sha256)
@@ -252,9 +262,15 @@ def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
 
     spec: an OpenAI model name (`available_models()`), downloaded to / read from `cache_dir(download_root)`;
           a path to a local weights file (TorchScript archive, or a state dict, possibly under "state_dict");
-          or `random:<arch>` with arch in ARCHITECTURES (e.g. `random:ViT-B/16`, `random:tiny`): seeded random weights.
+          or `random:<arch>` with arch in ARCHITECTURES (e.g. `random:ViT-B/16`, `random:tiny`): seeded random weights;
+          or an open_clip backbone, `open_clip:<model>/<tag>`, `open_clip:<model>@<file>`, `random:open_clip:<model>`
+          (see `clip.open_clip_convert`; needs the optional package open-clip-torch).
     """
     spec = os.fspath(spec)
+    if spec.startswith(OPEN_CLIP_PREFIX) or spec.startswith(RANDOM_PREFIX + OPEN_CLIP_PREFIX):
+        from .open_clip_convert import load_open_clip  # here: open_clip_convert imports this module
+
+        return load_open_clip(spec, device, download_root)
     if spec.startswith(RANDOM_PREFIX):
         model = build_random(spec[len(RANDOM_PREFIX):])
     elif spec in MODEL_URLS:
@@ -263,6 +279,7 @@ def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
         model = _build_from_file(spec)
     else:
         raise WeightsFileError(f"CLIP spec {spec!r} is not a model name ({', '.join(available_models())}), an "
-                               f"existing file, nor {RANDOM_PREFIX}<arch> with arch in {', '.join(ARCHITECTURES)}")
+                               f"existing file, {OPEN_CLIP_PREFIX}<model>/<tag>, nor {RANDOM_PREFIX}<arch> with arch "
+                               f"in {', '.join(ARCHITECTURES)}")
     model = model.float().to(device).eval()
     return model, image_transform(model.visual.input_resolution)

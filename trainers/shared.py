@@ -23,7 +23,7 @@ from common.errors import UserError
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from descriptions import too_long_for_context
-from trainers.config import PRECISIONS
+from trainers.config import PRECISIONS, apply_optim_eps
 from trainers.hicropl import PRECISION_TABLE, HiCroPL, Precision, frozen_text_features
 from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
@@ -226,6 +226,7 @@ class PromptTrainer(TrainerX):
         print(f"{len(trainable)} trainable tensors ({', '.join(name for name, _ in trainable)}), "
               f"{sum(p.numel() for _, p in trainable):,} trainable parameters")
         self.optim = build_optimizer([p for _, p in trainable], cfg.OPTIM)
+        apply_optim_eps(self.optim, cfg.OPTIM)  # the original Dassl's build_optimizer ignores OPTIM.EPS
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.model_name, self.model, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.model.precision.grad_scaler else None
