@@ -28,13 +28,14 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
 import clip
 from clip.model import CLIP
 from common.errors import UserError
-from dassl.data.data_manager import build_data_loader
-from dassl.data.transforms.transforms import build_transform
+from dassl.data import DatasetWrapper
+from dassl.data.transforms import build_transform
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from trainers.hicropl import cache_dir
 
@@ -128,8 +129,9 @@ class LinearProbeCLIP(TrainerX):
             with np.load(path) as cached:
                 print(f"Linear probe: {split} features loaded from {path}")
                 return cached["features"], cached["labels"]
-        loader = build_data_loader(self.cfg, "SequentialSampler", items, self.cfg.DATALOADER.TEST.BATCH_SIZE,
-                                   tfm=build_transform(self.cfg, is_train=False), is_train=False)
+        wrapper = DatasetWrapper(self.cfg, items, transform=build_transform(self.cfg, is_train=False), is_train=False)
+        loader = DataLoader(wrapper, batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE, shuffle=False,
+                            num_workers=self.cfg.DATALOADER.NUM_WORKERS)
         features, labels = [], []
         for batch in loader:
             features.append(self.clip_model.encode_image(batch["img"].to(self.device)).float().cpu())
