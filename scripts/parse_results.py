@@ -30,10 +30,14 @@ POPULATION one (ddof = 0), as CoOp-family ``parse_test_res.py`` prints it (numpy
 only the mean is shown. A cell from fewer seeds than the most seeds of its table is marked ``(n=<seeds>)``. Beside
 every number of ours: the paper's HiCroPL number (``scripts/paper_results.json``) and ours minus paper.
 
-Where a run's accuracy comes from: its ``results.json`` (the last ``test`` record; for a training run the one
-written after training), else, for runs of the original code, its Dassl logs (``log.txt`` and the
-``log.txt-<time>`` of reruns, newest first): the last ``* accuracy: X%`` after the last ``=> result``, and for a
-training run only after the ``Finish training`` / ``Finished training`` line.
+Where a run's accuracy comes from: its ``results.json``, else, for runs of the original code, its Dassl logs
+(``log.txt`` and the ``log.txt-<time>`` of reruns, newest first): the last ``* accuracy: X%`` after the last
+``=> result``, and for a training run only after the ``Finish training`` / ``Finished training`` line.
+results.json is append-only (a folder can hold the test after training, eval-only runs, reruns); the record of a
+cell is the latest ``test`` record that fits it: for a training run written after training (``stage`` "final"),
+for an eval run not during training; of a model trained with the folder's seed (``seed<S>``; the record's
+``model_identity``, else its ``seed``); with the cell's class subset (base cell "base", novel cell "new"). When
+several fitting records disagree, a ``warning:`` line on stderr names the folder and the accuracies.
 
 ``--finished RUN_DIR --run-kind train|eval`` only answers (exit status 0 = yes, 1 = no) whether the run in RUN_DIR
 has its final test result in results.json; ``scripts/hicropl/*.sh`` use it to skip finished runs.
@@ -50,7 +54,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 PAPER_FILE = osp.join(osp.dirname(osp.abspath(__file__)), "paper_results.json")
 TRAINER = "HiCroPL"
@@ -96,10 +100,13 @@ TRAIN_END_LINES = ("Finish training", "Finished training")  # this engine / Dass
 def _is_after_training(record: Dict[str, Any]) -> bool:
     """Whether a ``test`` record of a training run is the test after training (not a per-epoch evaluation).
 
-    With ``TEST.FINAL_MODEL best_val`` the final test reloads ``model-best.pth.tar`` (the record names that
-    checkpoint); per-epoch evaluations of a dataset without val split are ``test`` records of the in-memory model
-    (checkpoint null). With ``last_step`` the only test is the one after the last epoch.
+    Records that say so have ``stage == "final"``. For older records: with ``TEST.FINAL_MODEL best_val`` the final
+    test reloads ``model-best.pth.tar`` (the record names that checkpoint); per-epoch evaluations of a dataset
+    without val split are ``test`` records of the in-memory model (checkpoint null). With ``last_step`` the only
+    test is the one after the last epoch.
     """
+    if "stage" in record:
+        return record["stage"] == "final"
     if record.get("checkpoint"):
         return True
     cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
@@ -108,15 +115,47 @@ def _is_after_training(record: Dict[str, Any]) -> bool:
     return final_model != "best_val" and max_epoch is not None and record.get("epoch") == max_epoch
 
 
-def final_test_record(evaluations: Sequence[Any], run_kind: str) -> Optional[Dict[str, Any]]:
-    """The last ``test`` record with a numeric accuracy (for ``run_kind == "train"``: written after training)."""
+def model_seed(record: Dict[str, Any]) -> Any:
+    """The seed the evaluated model was trained with: its ``model_identity``, else (older records) the run's seed."""
+    identity = record.get("model_identity")
+    if isinstance(identity, dict) and "SEED" in identity:
+        return identity["SEED"]
+    return record.get("seed")
+
+
+def result_records(evaluations: Sequence[Any], run_kind: str) -> List[Dict[str, Any]]:
+    """The ``test`` records with a numeric accuracy that can be a ``run_kind`` run's result, in file order.
+
+    ``train``: written after training; ``eval``: not a per-epoch evaluation during training.
+    """
     tests = [
         r for r in evaluations
         if isinstance(r, dict) and r.get("split") == "test" and isinstance(r.get("accuracy"), (int, float))
     ]
     if run_kind == "train":
-        tests = [r for r in tests if _is_after_training(r)]
-    return tests[-1] if tests else None
+        return [r for r in tests if _is_after_training(r)]
+    return [r for r in tests if r.get("stage") != "epoch"]
+
+
+def final_test_record(evaluations: Sequence[Any], run_kind: str, seed: Optional[int] = None,
+                      subsample: Optional[str] = None,
+                      warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
+    """The latest ``result_records`` entry of a model trained with ``seed`` on class subset ``subsample``.
+
+    None (either filter) accepts any; a record that does not say its seed or subset fits. ``warn(message)`` is called
+    when the fitting records disagree on the accuracy.
+    """
+    tests = [r for r in result_records(evaluations, run_kind)
+             if (seed is None or model_seed(r) in (None, seed))
+             and (subsample is None or r.get("subsample", subsample) == subsample)]
+    if not tests:
+        return None
+    latest = tests[-1]
+    accuracies = sorted({float(r["accuracy"]) for r in tests})
+    if len(accuracies) > 1 and warn is not None:
+        warn(f"{len(tests)} test records fit this cell with different accuracies "
+             f"({', '.join(f'{a:.2f}' for a in accuracies)}); using the latest ({float(latest['accuracy']):.2f})")
+    return latest
 
 
 def read_evaluations(run_dir: str) -> Optional[List[Any]]:
@@ -157,13 +196,29 @@ def log_files(run_dir: str) -> List[str]:
     return rerun_logs + ([first_log] if osp.isfile(first_log) else [])
 
 
-def run_accuracy(run_dir: str, run_kind: str) -> Optional[float]:
-    """Final test accuracy (%) of the run in ``run_dir`` from results.json, else from its logs; None if unfinished."""
+def warn_line(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_accuracy(run_dir: str, run_kind: str, seed: Optional[int] = None,
+                 subsample: Optional[str] = None) -> Optional[float]:
+    """Final test accuracy (%) of the run in ``run_dir`` from results.json, else from its logs; None if unfinished.
+
+    ``seed``/``subsample``: see ``final_test_record``. A results.json with ``run_kind`` results none of which fits
+    gives None with a warning (the logs would show the same unfitting numbers).
+    """
     evaluations = read_evaluations(run_dir)
     if evaluations is not None:
-        record = final_test_record(evaluations, run_kind)
+        record = final_test_record(evaluations, run_kind, seed, subsample,
+                                   warn=lambda message: warn_line(f"{run_dir}: {message}"))
         if record is not None:
             return float(record["accuracy"])
+        others = result_records(evaluations, run_kind)
+        if others:
+            found = sorted({f"seed {model_seed(r)} / {r.get('subsample', '?')} classes" for r in others})
+            warn_line(f"{run_dir}: no test record of a seed-{seed} model on {subsample or 'any'} classes "
+                      f"(it has {', '.join(found)}); not used")
+            return None
     for path in log_files(run_dir):
         try:
             with open(path, errors="replace") as f:
@@ -175,15 +230,21 @@ def run_accuracy(run_dir: str, run_kind: str) -> Optional[float]:
     return None
 
 
-def seed_accuracies(parent: str, run_kind: str) -> Dict[int, float]:
-    """``{seed: accuracy}`` of the finished runs in the ``seed<S>`` folders of ``parent``."""
+def folder_seed(run_dir: str) -> Optional[int]:
+    """S of a ``seed<S>`` run folder, else None."""
+    match = re.fullmatch(r"seed(\d+)", osp.basename(osp.normpath(run_dir)))
+    return int(match.group(1)) if match else None
+
+
+def seed_accuracies(parent: str, run_kind: str, subsample: Optional[str] = None) -> Dict[int, float]:
+    """``{seed: accuracy}`` of the finished runs in the ``seed<S>`` folders of ``parent`` (see ``run_accuracy``)."""
     found = {}
     for path in glob.glob(osp.join(glob.escape(parent), "seed*")):
-        suffix = osp.basename(path)[len("seed"):]
-        if suffix.isdigit() and osp.isdir(path):
-            accuracy = run_accuracy(path, run_kind)
+        seed = folder_seed(path)
+        if seed is not None and osp.isdir(path):
+            accuracy = run_accuracy(path, run_kind, seed, subsample)
             if accuracy is not None:
-                found[int(suffix)] = accuracy
+                found[seed] = accuracy
     return dict(sorted(found.items()))
 
 
@@ -379,8 +440,8 @@ def base2new_table(root: str, paper: Dict[str, Any], datasets: Sequence[str], tr
     rows = []
     for ds in datasets:
         tail = osp.join(ds, f"shots_{shots}", trainer, b2n_config(ds, config, trainer))
-        base = seed_accuracies(osp.join(root, "base2new", "train_base", tail), "train")
-        novel = seed_accuracies(osp.join(root, "base2new", "test_new", tail), "eval")
+        base = seed_accuracies(osp.join(root, "base2new", "train_base", tail), "train", "base")
+        novel = seed_accuracies(osp.join(root, "base2new", "test_new", tail), "eval", "new")
         ref = paper_b2n.get(ds, {})
         cells = {"base": seed_cell(base, ref.get("base")), "novel": seed_cell(novel, ref.get("novel"))}
         hm = Cell(paper=ref.get("hm"))
@@ -738,7 +799,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if config else 1
     if args.finished:
         evaluations = read_evaluations(args.finished)
-        return 0 if evaluations is not None and final_test_record(evaluations, args.run_kind) else 1
+        fits = evaluations is not None and final_test_record(evaluations, args.run_kind, folder_seed(args.finished))
+        return 0 if fits else 1
 
     if not osp.isdir(args.output_root):
         print(f"error: output root {args.output_root} is not a directory; pass the OUTPUT of scripts/hicropl/*.sh",

@@ -85,6 +85,7 @@ class CoCoOp(PromptTrainer):
     """CoCoOp: SGD (configs; batch 1) over ``ctx`` and the Meta-Net; one registered model ``prompt_learner``."""
 
     cfg_node = "COCOOP"
+    load_keys = ("MODEL.BACKBONE.NAME", "TRAINER.COCOOP.N_CTX", "TRAINER.COCOOP.CTX_INIT")  # must match on load
 
     def build_custom_model(self, clip_model: CLIP, classnames: Sequence[str]) -> CustomCLIP:
         cc = self.cfg.TRAINER.COCOOP

@@ -113,6 +113,9 @@ class CoOp(PromptTrainer):
     """CoOp: SGD (configs) over ``ctx`` only; one registered model ``prompt_learner``."""
 
     cfg_node = "COOP"
+    # Checkpoint metadata (dassl.engine.identity): keys that give ctx its shape or meaning must match on load.
+    load_keys = ("MODEL.BACKBONE.NAME",) + tuple(
+        f"TRAINER.COOP.{key}" for key in ("N_CTX", "CSC", "CTX_INIT", "CLASS_TOKEN_POSITION"))
 
     def build_custom_model(self, clip_model: CLIP, classnames: Sequence[str]) -> CustomCLIP:
         cc = self.cfg.TRAINER.COOP

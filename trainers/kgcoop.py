@@ -64,6 +64,7 @@ class KgCoOp(PromptTrainer):
     """KgCoOp: SGD (configs; batch 128) over ``ctx`` only; one registered model ``prompt_learner``."""
 
     cfg_node = "KGCOOP"
+    load_keys = ("MODEL.BACKBONE.NAME", "TRAINER.KGCOOP.N_CTX", "TRAINER.KGCOOP.CTX_INIT")  # must match on load
 
     def check_cfg(self, cfg: CfgNode) -> None:
         super().check_cfg(cfg)

@@ -90,6 +90,7 @@ class LinearProbeCLIP(TrainerX):
     """Extract (cached) frozen image features, search C, fit, test; ``--eval-only`` reloads the fitted layer."""
 
     model_name = "linear_probe"
+    cfg_node = "LP"  # its TRAINER node (engine run identity)
 
     def check_cfg(self, cfg: CfgNode) -> None:
         if cfg.TRAINER.LP.NUM_STEP < 0:

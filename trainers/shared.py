@@ -208,7 +208,7 @@ class PromptTrainer(TrainerX):
     """
 
     model_name = "prompt_learner"  # the released code's registered name: checkpoints in <output>/prompt_learner/
-    cfg_node = ""  # e.g. "COOP": the TRAINER.<node> of the method
+    cfg_node = ""  # e.g. "COOP": the TRAINER.<node> of the method (also the engine's run-identity node)
 
     def check_cfg(self, cfg: CfgNode) -> None:
         check_precision(f"TRAINER.{self.cfg_node}", cfg.TRAINER[self.cfg_node].PREC, cfg_device(cfg))

@@ -87,6 +87,7 @@ class TCP(KgCoOp):
     """TCP: Adam (configs, eps 1e-3) over ``ctx`` and TKE; one registered model ``prompt_learner``."""
 
     cfg_node = "TCP"
+    load_keys = ("MODEL.BACKBONE.NAME", "TRAINER.TCP.N_CTX", "TRAINER.TCP.CTX_INIT", "TRAINER.TCP.LAYER")
 
     def build_custom_model(self, clip_model: CLIP, classnames: Sequence[str]) -> CustomCLIP:
         tc, dataset = self.cfg.TRAINER.TCP, self.cfg.DATASET.NAME

@@ -19,6 +19,11 @@ _C.OUTPUT_DIR = "./output"
 # Folder to resume from ("" -> OUTPUT_DIR itself: rerunning a command in a folder that holds
 # checkpoints continues that run).
 _C.RESUME = ""
+# Resuming with a config whose run identity (dassl/engine/identity.py: seed, data, model, optimiser and schedule,
+# trainer node) differs from the checkpoint's stops with an error naming the keys; True -> continue under the new
+# values and record the change (checkpoints, identity.json, results.json "model_identity_changes"). Never
+# accepts a change of a key the checkpoint's weights depend on (the trainer's load_keys). True/False.
+_C.ACCEPT_CONFIG_CHANGE = False
 # Random seed for Python, NumPy and torch; negative -> not seeded (few-shot caches are then named seed_-1).
 _C.SEED = -1
 # Use CUDA when available (True/False); False or no GPU -> CPU.
