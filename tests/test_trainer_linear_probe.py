@@ -2,6 +2,7 @@
 curve, the fit on a tiny feature set, and a ToyShapes few-shot run recorded in results.json like every run."""
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from dassl.engine import build_trainer
 from dassl.utils import load_checkpoint, set_random_seed
 from train import build_parser, setup_cfg
-from trainers.linear_probe import fit_linear_probe, search_c
+from common.errors import UserError
+from trainers.linear_probe import fit_linear_probe, logistic_regression, search_c
 
 
 def test_c_search_follows_the_published_rule():
@@ -22,7 +24,15 @@ def test_c_search_follows_the_published_rule():
     assert picked == pytest.approx([1e5, 1e5, 1e5]) and chosen == pytest.approx(1e5)
 
 
+def test_missing_scikit_learn_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)
+    with pytest.raises(UserError, match="needs scikit-learn: pip install scikit-learn"):
+        logistic_regression(1.0)
+
+
 def test_fit_on_a_tiny_feature_set_separates_the_classes():
+    pytest.importorskip("sklearn")
     rng = np.random.default_rng(0)
     centres = 4 * rng.standard_normal((3, 8))
 
@@ -37,6 +47,7 @@ def test_fit_on_a_tiny_feature_set_separates_the_classes():
 
 
 def test_toy_shapes_few_shot_run(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
     monkeypatch.setenv("HICROPL_CACHE_DIR", str(tmp_path / "cache"))
     argv = ["--root", str(tmp_path / "data"), "--seed", "1", "--trainer", "LinearProbeCLIP",
             "--config-file", "configs/trainers/LinearProbeCLIP/vit_b16.yaml",
