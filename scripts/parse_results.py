@@ -19,6 +19,12 @@ Tables (rows = the paper's datasets, or ``--datasets``; missing cells are shown 
   HM of the two) of the row's tree ``ablation/<row>/`` written by ``scripts/hicropl/ablation.sh``, beside the
   paper's row. The paper's rows average all 11 datasets: Δ is shown only where ours does too.
 
+Methods: one column group per trainer found under OUTPUT_ROOT (``.../<Trainer>/<cfg>/seed<S>``; ``--trainer``
+picks them), each on its method's published config of the protocol (``PROTOCOL_CONFIGS``; ``--*-config`` overrides)
+and beside its own paper numbers (HiCroPL: the top-level entries of ``paper_results.json``; other methods: its
+``methods`` entry, from HiCroPL's Tables 1 and 14). ``--default-config TRAINER PROTOCOL DATASET`` prints that config
+name (the protocol scripts ask it).
+
 Per cell: mean +- standard deviation over the seeds found (``seed<S>`` folders). The standard deviation is the
 POPULATION one (ddof = 0), as CoOp-family ``parse_test_res.py`` prints it (numpy's default); with a single seed
 only the mean is shown. A cell from fewer seeds than the most seeds of its table is marked ``(n=<seeds>)``. Beside
@@ -65,6 +71,22 @@ CFG_B2N_IMAGENET = "vit_b16_c2_ep40_batch128_16ctx"
 CFG_FEWSHOT = "vit_b16_c2_ep50_batch32_16ctx_few_shot"
 CFG_XD = "vit_b16_c2_ep5_batch32_2ctx_cross_datasets"
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
+# Each trainer's published config per protocol ("xd" also serves "dg"); "base2new:<dataset>" overrides "base2new"
+# for one dataset. The protocol scripts read these through --default-config.
+PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
+    TRAINER: {"base2new": CFG_B2N, "base2new:imagenet": CFG_B2N_IMAGENET, "fewshot": CFG_FEWSHOT, "xd": CFG_XD},
+    "LinearProbeCLIP": {"fewshot": "vit_b16"},  # few-shot only (Table 14): a probe cannot classify unseen classes
+    # CoOp: CoCoOp's base-to-novel / transfer setting (M = 4 from "a photo of a"); few-shot: CoOp's M = 16 recipe
+    # with the 200-epoch config (the CoOp paper uses 50 epochs for 1 shot and 100 for 2-4: set CFG for those)
+    "CoOp": {"base2new": "vit_b16_ctxv1", "base2new:imagenet": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
+             "xd": "vit_b16_ep50_ctxv1"},
+    "CoCoOp": {"base2new": "vit_b16_c4_ep10_batch1_ctxv1", "fewshot": "vit_b16_c4_ep10_batch1_ctxv1",
+               "xd": "vit_b16_c4_ep10_batch1_ctxv1"},
+    "KgCoOp": {"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
+    # TCP: the released train.py trains ImageNet and SUN397 for 25 epochs
+    "TCP": {"base2new": "vit_b16_ep100_ctxv1", "base2new:imagenet": "vit_b16_ep25_ctxv1",
+            "base2new:sun397": "vit_b16_ep25_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
+}
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run
 ACCURACY_LINE = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
@@ -324,9 +346,52 @@ class Table:
     rows: List[Row]
     transposed: bool = False  # xd/dg: datasets as columns, "ours / paper / diff" as rows (the paper's layout)
     notes: List[str] = field(default_factory=list)
+    trainers: List[str] = field(default_factory=lambda: [TRAINER])  # several: cell keys are "<trainer>:<key>"
     row_header: str = "Dataset"
     paper_note: str = ("Paper column of an Average over some of the datasets: the paper's numbers averaged over the "
                        "same datasets.")
+
+
+def paper_for(paper: Dict[str, Any], trainer: str) -> Dict[str, Any]:
+    """``paper`` with the protocol entries of ``trainer`` (HiCroPL's are the top-level ones)."""
+    if trainer == TRAINER:
+        return paper
+    own = paper.get("methods", {}).get(trainer, {})
+    return {**paper, **{key: own.get(key, {}) for key in ("base2new", "fewshot", "cross_dataset",
+                                                           "domain_generalization")}}
+
+
+def found_trainers(root: str, protocol: str) -> List[str]:
+    """Trainer folder names with runs of ``protocol`` under ``root`` (the layout of scripts/hicropl/common.sh)."""
+    if protocol == "base2new":
+        pattern = osp.join(glob.escape(root), "base2new", "train_base", "*", "shots_*", "*")
+    elif protocol == "fewshot":
+        pattern = osp.join(glob.escape(root), "*", "*", "*shots")
+    else:
+        pattern = osp.join(glob.escape(root), "evaluation", "*", "*")
+    names = set()
+    for path in glob.glob(pattern):
+        if protocol == "fewshot":
+            path = osp.dirname(path)
+            if osp.basename(osp.dirname(path)) in ("base2new", "evaluation"):
+                continue
+        names.add(osp.basename(path))
+    return sorted(names)
+
+
+def side_by_side(tables: Sequence[Tuple[str, Table]]) -> Table:
+    """One table with a column group per trainer (cell keys ``<trainer>:<key>``), rows matched by dataset."""
+    first = tables[0][1]
+    columns = [(f"{trainer}:{key}", f"{trainer} {title}") for trainer, table in tables for key, title in table.columns]
+    rows = []
+    for index, row in enumerate(first.rows):
+        cells = {}
+        for trainer, table in tables:
+            cells.update({f"{trainer}:{key}": cell for key, cell in table.rows[index].cells.items()})
+        rows.append(Row(row.dataset, row.label, cells))
+    notes = [note for _, table in tables for note in table.notes]
+    return Table(first.name, first.title, columns, rows, transposed=first.transposed, notes=list(dict.fromkeys(notes)),
+                 trainers=[trainer for trainer, _ in tables], row_header=first.row_header, paper_note=first.paper_note)
 
 
 def load_paper(path: str = PAPER_FILE) -> Dict[str, Any]:
@@ -356,11 +421,17 @@ def also_found_note(extra: List[str]) -> List[str]:
     return [f"Also found, not tabulated (add them with --datasets): {', '.join(extra)}."] if extra else []
 
 
-def b2n_config(dataset: str, override: Optional[str]) -> str:
-    """Config of a base-to-novel run: the paper's (ImageNet: 40 epochs, batch 128), unless overridden."""
-    if override:
-        return override
-    return CFG_B2N_IMAGENET if dataset == "imagenet" else CFG_B2N
+def default_config(trainer: str, protocol: str, dataset: str = "") -> Optional[str]:
+    """The published config of ``trainer`` for ``protocol`` (``dg`` = ``xd``) on ``dataset``; None if unknown."""
+    configs = PROTOCOL_CONFIGS.get(trainer, {})
+    protocol = "xd" if protocol == "dg" else protocol
+    return configs.get(f"{protocol}:{dataset}", configs.get(protocol))
+
+
+def b2n_config(dataset: str, override: Optional[str], trainer: str = TRAINER) -> str:
+    """Config of a base-to-novel run: the method's published one (HiCroPL ImageNet: 40 epochs, batch 128), unless
+    overridden."""
+    return override or default_config(trainer, "base2new", dataset) or ""
 
 
 def base2new_table(root: str, paper: Dict[str, Any], datasets: Sequence[str], trainer: str = TRAINER,
@@ -369,7 +440,7 @@ def base2new_table(root: str, paper: Dict[str, Any], datasets: Sequence[str], tr
     paper_b2n = paper.get("base2new", {})
     rows = []
     for ds in datasets:
-        tail = osp.join(ds, f"shots_{shots}", trainer, b2n_config(ds, config))
+        tail = osp.join(ds, f"shots_{shots}", trainer, b2n_config(ds, config, trainer))
         base = seed_accuracies(osp.join(root, "base2new", "train_base", tail), "train", "base")
         novel = seed_accuracies(osp.join(root, "base2new", "test_new", tail), "eval", "new")
         ref = paper_b2n.get(ds, {})
@@ -533,12 +604,14 @@ def markdown_lines(table: Table) -> List[str]:
     most = max_seeds(table)
     lines = [f"### {table.title}", ""]
     if table.transposed:
-        cells = [next(iter(r.cells.values())) for r in table.rows]
         lines.append("| | " + " | ".join(r.label for r in table.rows) + " |")
         lines.append("|---" * (len(table.rows) + 1) + "|")
-        lines.append("| HiCroPL (ours) | " + " | ".join(fmt_ours(c, most) for c in cells) + " |")
-        lines.append("| HiCroPL (paper) | " + " | ".join(fmt(c.paper) for c in cells) + " |")
-        lines.append("| ours - paper | " + " | ".join(fmt(c.diff, signed=True) for c in cells) + " |")
+        for trainer in table.trainers:
+            prefix = f"{trainer}:" if len(table.trainers) > 1 else ""
+            cells = [next(c for k, c in r.cells.items() if k.startswith(prefix)) for r in table.rows]
+            lines.append(f"| {trainer} (ours) | " + " | ".join(fmt_ours(c, most) for c in cells) + " |")
+            lines.append(f"| {trainer} (paper) | " + " | ".join(fmt(c.paper) for c in cells) + " |")
+            lines.append("| ours - paper | " + " | ".join(fmt(c.diff, signed=True) for c in cells) + " |")
     else:
         header = [table.row_header]
         for _, title in table.columns:
@@ -565,7 +638,7 @@ def markdown_lines(table: Table) -> List[str]:
     return lines
 
 
-CSV_FIELDS = ["table", "dataset", "metric", "mean", "std", "n", "n_counts", "seeds", "paper", "diff"]
+CSV_FIELDS = ["table", "dataset", "metric", "mean", "std", "n", "n_counts", "seeds", "paper", "diff", "trainer"]
 
 
 def csv_rows(table: Table) -> Iterable[Dict[str, Any]]:
@@ -574,8 +647,10 @@ def csv_rows(table: Table) -> Iterable[Dict[str, Any]]:
     def num(value: Optional[float]) -> str:
         return "" if value is None else f"{value:.4f}"
 
-    for row, key, cell in table_cells(table):
+    for row, trainer_key, cell in table_cells(table):
+        trainer, key = trainer_key.split(":", 1) if len(table.trainers) > 1 else (table.trainers[0], trainer_key)
         yield {
+            "trainer": trainer,
             "table": table.name, "dataset": row.dataset, "metric": key if table.name != "fewshot" else f"{key}shots",
             "mean": num(cell.mean), "std": num(cell.std), "n": cell.n,
             "n_counts": "datasets" if cell.n_of is not None else "seeds",
@@ -955,22 +1030,35 @@ def metrics_main(args: argparse.Namespace, protocols: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def trainer_table(args: argparse.Namespace, paper: Dict[str, Any], protocol: str, trainer: str) -> Table:
+    """The table of one protocol for one trainer, on its published config unless overridden."""
+    paper = paper_for(paper, trainer)
+    if protocol == "base2new":
+        return base2new_table(args.output_root, paper, args.datasets or B2N_DATASETS, trainer, args.b2n_config)
+    if protocol == "fewshot":
+        return fewshot_table(args.output_root, paper, args.datasets or B2N_DATASETS, trainer,
+                             args.fewshot_config or default_config(trainer, "fewshot"))
+    default_targets = XD_TARGETS if protocol == "xd" else DG_TARGETS
+    return transfer_table(protocol, args.output_root, paper, args.datasets or default_targets, args.source, trainer,
+                          args.xd_config or default_config(trainer, "xd"))
+
+
 def build_tables(args: argparse.Namespace, paper: Dict[str, Any], protocols: Sequence[str]) -> List[Table]:
+    """One table per protocol: a column group per trainer (``--trainer``, else those found, else HiCroPL).
+
+    A found trainer without a published config (``PROTOCOL_CONFIGS``) is tabulated only with a ``--*-config``."""
     tables = []
     for protocol in protocols:
         if protocol == "ablation":
-            tables += [ablation_table(t, args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
+            trainer = args.trainer[0] if args.trainer else TRAINER
+            tables += [ablation_table(t, args.output_root, paper, args.datasets or B2N_DATASETS, trainer,
                                       args.b2n_config) for t in args.tables or load_ablations()]
-        elif protocol == "base2new":
-            tables.append(base2new_table(args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
-                                         args.b2n_config))
-        elif protocol == "fewshot":
-            tables.append(fewshot_table(args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
-                                        args.fewshot_config))
-        else:
-            default_targets = XD_TARGETS if protocol == "xd" else DG_TARGETS
-            tables.append(transfer_table(protocol, args.output_root, paper, args.datasets or default_targets,
-                                         args.source, args.trainer, args.xd_config))
+            continue
+        overridden = {"base2new": args.b2n_config, "fewshot": args.fewshot_config}.get(protocol, args.xd_config)
+        trainers = args.trainer or [t for t in found_trainers(args.output_root, protocol)
+                                    if overridden or default_config(t, protocol)] or [TRAINER]
+        per_trainer = [(trainer, trainer_table(args, paper, protocol, trainer)) for trainer in trainers]
+        tables.append(per_trainer[0][1] if len(per_trainer) == 1 else side_by_side(per_trainer))
     return tables
 
 
@@ -998,11 +1086,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset ids to tabulate (default: the paper's datasets of each table; for xd/dg: "
                              "the targets)")
     parser.add_argument("--source", default="imagenet", help="source dataset id of xd/dg (default: imagenet)")
-    parser.add_argument("--trainer", default=TRAINER, help=f"trainer folder name (default: {TRAINER})")
-    parser.add_argument("--b2n-config", help=f"base-to-novel config folder for every dataset (default: "
-                                             f"{CFG_B2N_IMAGENET} for imagenet, {CFG_B2N} otherwise)")
-    parser.add_argument("--fewshot-config", default=CFG_FEWSHOT, help="few-shot config folder prefix")
-    parser.add_argument("--xd-config", default=CFG_XD, help="cross-dataset / DG config folder prefix")
+    parser.add_argument("--trainer", nargs="+", metavar="TRAINER",
+                        help=f"trainer folder name(s), one column group each (default: every trainer found with a "
+                             f"published config, else {TRAINER})")
+    parser.add_argument("--b2n-config", help=f"base-to-novel config folder for every dataset and trainer (default: "
+                                             f"each trainer's, PROTOCOL_CONFIGS; HiCroPL: {CFG_B2N_IMAGENET} for "
+                                             f"imagenet, {CFG_B2N} otherwise)")
+    parser.add_argument("--fewshot-config", help=f"few-shot config folder prefix (default: each trainer's; HiCroPL: "
+                                                 f"{CFG_FEWSHOT})")
+    parser.add_argument("--xd-config", help=f"cross-dataset / DG config folder prefix (default: each trainer's; "
+                                            f"HiCroPL: {CFG_XD})")
+    parser.add_argument("--default-config", nargs=3, metavar=("TRAINER", "PROTOCOL", "DATASET"),
+                        help="only print the published config name of TRAINER for PROTOCOL on DATASET (exit 1 if "
+                             "there is none)")
     parser.add_argument("--paper", default=PAPER_FILE, help="paper numbers (default: scripts/paper_results.json)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="output format (default markdown; --csv = --format csv); clip_benchmark writes one "
@@ -1026,6 +1122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.default_config:
+        config = default_config(*args.default_config)
+        if config:
+            print(config)
+        return 0 if config else 1
     if args.finished:
         evaluations = read_evaluations(args.finished)
         fits = evaluations is not None and final_test_record(evaluations, args.run_kind, folder_seed(args.finished))
@@ -1059,6 +1160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\n".join(line for table in tables for line in markdown_lines(table)))
     if args.plot:
         fewshot = next((t for t in tables if t.name == "fewshot"), None) or build_tables(args, paper, ["fewshot"])[0]
+        if len(fewshot.trainers) > 1:  # the curves of the first trainer
+            fewshot = trainer_table(args, paper, "fewshot", fewshot.trainers[0])
         plot_fewshot(fewshot, args.plot)
     return 0
 
