@@ -67,6 +67,13 @@ class CLIPConfig:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+    # MLP activation of every transformer block, both towers: a key of ACTIVATIONS ("quick_gelu": OpenAI's CLIPs;
+    # "gelu": exact erf GELU, e.g. open_clip configs without "-quickgelu").
+    activation: str = "quick_gelu"
+    # Hidden width of the block MLPs (None = 4 x the tower's width, as in OpenAI's CLIPs; open_clip's ViT-g/bigG/e
+    # differ).
+    vision_mlp_width: Optional[int] = None
+    transformer_mlp_width: Optional[int] = None
 
     @property
     def is_vit(self) -> bool:
@@ -112,6 +119,10 @@ class QuickGELU(nn.Module):
             return _QuickGELUFunction.apply(x)
         # Without autograd: one (B, N, 4D) buffer instead of three (the MLP's largest tensors).
         return (x * 1.702).sigmoid_().mul_(x)
+
+
+# MLP activations a `CLIPConfig.activation` may name.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
 class SelfAttention(nn.Module):
@@ -172,17 +183,22 @@ class SelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) with a 4x QuickGELU MLP."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the MLP is width -> mlp_width (default
+    4 x width) -> width with the `activation` of ACTIVATIONS (default QuickGELU) in between."""
 
-    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False, mlp_width: Optional[int] = None,
+                 activation: str = "quick_gelu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.causal = causal
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNorm(width)
+        mlp_width = mlp_width or 4 * width
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, 4 * width)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(4 * width, width)),
+            ("c_fc", nn.Linear(width, mlp_width)),
+            ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", nn.Linear(mlp_width, width)),
         ]))
         self.ln_2 = LayerNorm(width)
 
@@ -208,6 +224,7 @@ class Transformer(nn.Module):
         "after_first": positions 1..m (text tower: right after the start-of-text token);
         "last":        the last m tokens (image tower: after [CLS] and the patches).
     causal: causal attention mask (text tower).
+    mlp_width, activation: of every block (see `ResidualAttentionBlock`).
     """
 
     # Activation checkpointing: while autograd records, keep only each block's input and recompute the block in
@@ -216,7 +233,8 @@ class Transformer(nn.Module):
     checkpointing: bool = False
 
     def __init__(self, width: int, layers: int, heads: int, causal: bool = False,
-                 prompt_position: str = "last") -> None:
+                 prompt_position: str = "last", mlp_width: Optional[int] = None,
+                 activation: str = "quick_gelu") -> None:
         super().__init__()
         if prompt_position not in PROMPT_POSITIONS:
             raise ValueError(f"prompt_position must be one of {PROMPT_POSITIONS}, got {prompt_position!r}")
@@ -225,7 +243,8 @@ class Transformer(nn.Module):
         self.heads = heads
         self.causal = causal
         self.prompt_position = prompt_position
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal, mlp_width, activation)
+                                         for _ in range(layers)])
 
     def replace_prompt_tokens(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """Overwrite the m prompt positions of x (B, N, D) with prompt (m, D) or (B, m, D); returns (B, N, D)."""
@@ -300,7 +319,7 @@ class VisionTransformer(nn.Module):
     """ViT image tower: patches -> [CLS] + patches + pos-emb [+ prompts] -> ln_pre -> blocks -> ln_post(CLS) @ proj."""
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int) -> None:
+                 output_dim: int, mlp_width: Optional[int] = None, activation: str = "quick_gelu") -> None:
         super().__init__()
         if input_resolution % patch_size:
             raise ValueError(f"input resolution {input_resolution} is not a multiple of the patch size {patch_size}")
@@ -315,7 +334,8 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(n_tokens, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, causal=False, prompt_position="last")
+        self.transformer = Transformer(width, layers, heads, causal=False, prompt_position="last",
+                                       mlp_width=mlp_width, activation=activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -472,12 +492,14 @@ class CLIP(nn.Module):
         self.vocab_size = config.vocab_size
         if config.is_vit:
             self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
-                                            config.vision_layers, config.vision_heads, config.embed_dim)
+                                            config.vision_layers, config.vision_heads, config.embed_dim,
+                                            config.vision_mlp_width, config.activation)
         else:
             self.visual = ModifiedResNet(config.vision_layers, config.embed_dim, config.vision_heads,
                                          config.image_resolution, config.vision_width)
         self.transformer = Transformer(config.transformer_width, config.transformer_layers, config.transformer_heads,
-                                       causal=True, prompt_position="after_first")
+                                       causal=True, prompt_position="after_first",
+                                       mlp_width=config.transformer_mlp_width, activation=config.activation)
         self.token_embedding = nn.Embedding(config.vocab_size, config.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.transformer_width))
         self.ln_final = LayerNorm(config.transformer_width)

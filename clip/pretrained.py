@@ -40,6 +40,7 @@ MODEL_URLS: Dict[str, str] = {
 }
 
 RANDOM_PREFIX = "random:"
+OPEN_CLIP_PREFIX = "open_clip:"  # open_clip backbones: clip/open_clip_convert.py
 RANDOM_SEED = 0  # seed of every `random:<arch>` model, so that the same spec always gives the same weights
 OFFLINE_ENV = "HICROPL_OFFLINE"  # "1" / "true" / "yes" / "on": never touch the network
 CACHE_ENV = "CLIP_CACHE_DIR"  # cache directory for downloads (default ~/.cache/clip)
@@ -252,9 +253,15 @@ def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
 
     spec: an OpenAI model name (`available_models()`), downloaded to / read from `cache_dir(download_root)`;
           a path to a local weights file (TorchScript archive, or a state dict, possibly under "state_dict");
-          or `random:<arch>` with arch in ARCHITECTURES (e.g. `random:ViT-B/16`, `random:tiny`): seeded random weights.
+          or `random:<arch>` with arch in ARCHITECTURES (e.g. `random:ViT-B/16`, `random:tiny`): seeded random weights;
+          or an open_clip backbone, `open_clip:<model>/<tag>`, `open_clip:<model>@<file>`, `random:open_clip:<model>`
+          (see `clip.open_clip_convert`; needs the optional package open-clip-torch).
     """
     spec = os.fspath(spec)
+    if spec.startswith(OPEN_CLIP_PREFIX) or spec.startswith(RANDOM_PREFIX + OPEN_CLIP_PREFIX):
+        from .open_clip_convert import load_open_clip  # here: open_clip_convert imports this module
+
+        return load_open_clip(spec, device, download_root)
     if spec.startswith(RANDOM_PREFIX):
         model = build_random(spec[len(RANDOM_PREFIX):])
     elif spec in MODEL_URLS:
@@ -263,6 +270,7 @@ def load(spec: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
         model = _build_from_file(spec)
     else:
         raise WeightsFileError(f"CLIP spec {spec!r} is not a model name ({', '.join(available_models())}), an "
-                               f"existing file, nor {RANDOM_PREFIX}<arch> with arch in {', '.join(ARCHITECTURES)}")
+                               f"existing file, {OPEN_CLIP_PREFIX}<model>/<tag>, nor {RANDOM_PREFIX}<arch> with arch "
+                               f"in {', '.join(ARCHITECTURES)}")
     model = model.float().to(device).eval()
     return model, image_transform(model.visual.input_resolution)

@@ -225,6 +225,13 @@ def test_released_mode_writes_mapped_prompts_and_only_prompts_learn(tiny, frozen
 
 def test_differentiable_mode_trains_mappers_lkp_and_proxies(tiny, frozen_text, images):
     model = build(tiny, frozen_text, MAPPER_MODE="differentiable").train()
+    # At initialisation the deep visual prompts of layers [k, L) are equal (SPEC: one init copied per layer), so their
+    # summaries are equal, the vision->text attention is uniform whatever its keys, and linear_k's gradient is exactly
+    # zero. After any training step they differ; make them differ here so every parameter's gradient can show.
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for prompt in list(model.prompt_learner.cross_prompts_visual) + list(model.prompt_learner.cross_prompts_text):
+            prompt.add_(0.02 * torch.randn(prompt.shape, generator=generator))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model(*images).backward()
     for key, value in model.state_dict().items():

@@ -15,6 +15,12 @@ PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 MAPPER_MODES = ("released", "differentiable")
 ZS_CLASSIFIERS = ("template", "descriptions")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+# Ablation switches of TRAINER.HICROPL (the paper's Tables 4, 6, 7, 12, 13; documented at the keys below).
+FLOWS = ("t2i_i2t", "i2t_t2i", "t2i", "i2t", "none")
+MAPPER_SCALES = ("multi", "single")
+COMPRESSIONS = ("lkp", "mean", "mlp")
+CONSISTENCY_TARGETS = ("descriptions", "template", "imagenet_templates", "random_description")
+CONSISTENCY_CRITERIA = ("cosine", "l1", "mse")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
@@ -33,7 +39,8 @@ def add_trainer_cfg(cfg: CN) -> None:
     # Layer k where the mapping switches from text->vision (layers [0, k)) to vision->text (layers [k, J))
     # (int, 0 <= k <= J; configs: 6; cross-dataset 5).
     cfg.TRAINER.HICROPL.CROSS_LAYER = 6
-    # Weight lambda of the consistency loss (float >= 0; configs: 12.).
+    # Weight lambda of the consistency loss (float >= 0; configs: 12.). 0. switches the consistency loss off
+    # (Table 11, "w/o L_cons").
     cfg.TRAINER.HICROPL.LAMBD = 10.0
     # Precision, one of PRECISIONS: "fp16" (released behaviour: CLIP and the prompt learner in fp16; CUDA only),
     # "fp32", "amp" (fp32 weights, fp16 autocast + GradScaler; CUDA only), "bf16" (fp32 weights, bf16 autocast).
@@ -58,6 +65,44 @@ def add_trainer_cfg(cfg: CN) -> None:
     # for large class counts (the text side runs over all classes every step). Measured (scripts/benchmark.py,
     # random:ViT-B/16, 1000 classes, batch 4, CPU fp32): peak memory 4.6 -> 3.0 GB, step time +30%.
     cfg.TRAINER.HICROPL.TEXT_CHECKPOINTING = False
+    # --- Ablation switches (paper Tables 4-7, 11-13; defaults = HiCroPL as published; scripts/hicropl/ablation.sh).
+    # Direction of the knowledge flow (Table 4), one of FLOWS; k = CROSS_LAYER, J = PROMPT_DEPTH:
+    #   "t2i_i2t" (published): layers [0, k) text->image, layers [k, J) image->text;
+    #   "i2t_t2i": reversed, layers [0, k) image->text, layers [k, J) text->image;
+    #   "t2i" / "i2t": unidirectional, one flow over all J prompted layers (k is ignored);
+    #   "none": no knowledge flow, independent learnable prompts in both towers (IVLP-style; Table 11 "w/o BKF"):
+    #           no mappers, compression modules or proxies; initialisation as published otherwise.
+    # The target tower's prompts of a flow are written by its mapper; the source tower's prompts stay free.
+    cfg.TRAINER.HICROPL.FLOW = "t2i_i2t"
+    # Mapper scale of the text->image flow and of the image->text flow (Table 6), one of MAPPER_SCALES each:
+    #   "multi" (published): the prompts of every layer of the flow attend to the knowledge tokens of all layers of
+    #           the flow (the mapper sees every layer's summary at once);
+    #   "single": the prompts of layer i attend to the knowledge token of layer i only (MaPLe-like per-layer
+    #           mapping), with the same mapper module and parameters; the mapped prompts of layer i then depend on
+    #           no other layer's prompts.
+    cfg.TRAINER.HICROPL.T2I_SCALE = "multi"
+    cfg.TRAINER.HICROPL.I2T_SCALE = "multi"
+    # How a layer's m source prompts are compressed into its knowledge token before the mapper (Table 7), one of
+    # COMPRESSIONS: "lkp" (published: layer-specific knowledge proxy, attention from a learnable proxy token);
+    # "mean": plain average of the layer's m prompts (no parameters, no proxies);
+    # "mlp": a 2-layer MLP per layer (Linear D->D, QuickGELU, Linear D->D, D = the source tower's width) applied to
+    # every prompt token, then averaged over the m tokens (no proxies). Its modules are stored where the LKP modules
+    # are (attn_pooling_text_nets / attn_pooling_visual_nets).
+    cfg.TRAINER.HICROPL.COMPRESSION = "lkp"
+    # Frozen text features the text consistency term pulls the fused class features toward (Table 12), one of
+    # CONSISTENCY_TARGETS. The fused logits always use the averaged descriptions W; only the loss target changes.
+    #   "descriptions" (published): W itself, per class the normalised mean of its description sentences' features;
+    #   "template": the features of "a photo of a {class}.";
+    #   "imagenet_templates": per class the normalised mean over CLIP's 7-template ImageNet ensemble ("itap of a
+    #       {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
+    #       "art of the {}.", "a photo of the small {}."; trainers.hicropl.IMAGENET_TEMPLATES);
+    #   "random_description": each training step, per class the features of one of its description sentences
+    #       drawn uniformly at random (CoPrompt-style).
+    cfg.TRAINER.HICROPL.CONSISTENCY_TARGET = "descriptions"
+    # Distance of both consistency terms (Table 13), one of CONSISTENCY_CRITERIA, between the unit-norm fused
+    # features and their frozen targets: "cosine" (published: 1 - mean cosine similarity), "l1" / "mse" (mean
+    # absolute / squared difference over all elements, PyTorch's F.l1_loss / F.mse_loss).
+    cfg.TRAINER.HICROPL.CONSISTENCY_CRITERION = "cosine"
 
     cfg.TRAINER.ZSCLIP = CN()
     # Zero-shot classifier, one of ZS_CLASSIFIERS: "template" (CoOp's hand-crafted per-dataset sentence) or

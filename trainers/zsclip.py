@@ -93,6 +93,8 @@ class ZeroshotCLIP(TrainerX):
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model, _ = clip.load(cfg.MODEL.BACKBONE.NAME, device=self.device)
+        clip.check_input(clip_model, cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                         cfg.INPUT.INTERPOLATION)  # open_clip backbones: the images their weights expect
         if zc.CLASSIFIER == "template":
             sentences = template_sentences(cfg.DATASET.NAME, classnames)
             print(f"Zero-shot classifier: template {sentences[0][0]!r} (first class)")
