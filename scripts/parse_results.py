@@ -81,6 +81,8 @@ PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
     # TCP: the released train.py trains ImageNet and SUN397 for 25 epochs
     "TCP": {"base2new": "vit_b16_ep100_ctxv1", "base2new:imagenet": "vit_b16_ep25_ctxv1",
             "base2new:sun397": "vit_b16_ep25_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
+    # IVLP: the MaPLe repo's 2+2 / depth-12 base-to-novel config (= HiCroPL Table 11's "w/o BKF, w/o L_cons" row)
+    "IVLP": {"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
 }
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run

@@ -158,3 +158,18 @@ def add_trainer_cfg(cfg: CN) -> None:
     # Linear-probe CLIP (trainers/linear_probe.py): rounds of the interval search for C after the coarse sweep
     # (int >= 0; published 8).
     cfg.TRAINER.LP.NUM_STEP = 8
+
+    cfg.TRAINER.IVLP = CN()
+    # IVLP (independent deep prompts in both towers; trainers/ivlp.py). Per tower: prompt length m (int >= 1 when its
+    # depth > 0) and depth J (int, 0 <= J <= the tower's layers; J = layers 0..J-1 get fresh prompts, 0 = no prompts).
+    # PROMPT_DEPTH_TEXT 0 is VPT-deep: the classifier is the frozen "a photo of a {class}." features.
+    # Released defaults (train.py of the IVLP repo); published configs in configs/trainers/IVLP/.
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9
+    # Words initialising the layer-0 text prompts (str, "_" = space): used when N_CTX_TEXT <= 4, the template is then
+    # "<CTX_INIT> <class>." with its first N_CTX_TEXT tokens learnable (HiCroPL's rule); "" = N(0, 0.02^2) init.
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
+    # Precision, one of PRECISIONS; released "fp16" (CUDA only).
+    cfg.TRAINER.IVLP.PREC = "fp16"
