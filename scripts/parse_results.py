@@ -83,6 +83,8 @@ PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
             "base2new:sun397": "vit_b16_ep25_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
     # IVLP: the MaPLe repo's 2+2 / depth-12 base-to-novel config (= HiCroPL Table 11's "w/o BKF, w/o L_cons" row)
     "IVLP": {"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
+    # MaPLe: no few-shot config was released (its Table 14 numbers come from PromptSRC's runs)
+    "MaPLe": {"base2new": "vit_b16_c2_ep5_batch4_2ctx", "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
 }
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run

@@ -1,9 +1,12 @@
-"""IVLP / deep language prompting / VPT-deep (trainers/ivlp.py) on the shared CLIP.
+"""IVLP / deep language prompting / VPT-deep (trainers/ivlp.py) and MaPLe (trainers/maple.py) on the shared CLIP.
 
 - trainable parameter counts and checkpoint keys on full-size random:ViT-B/16 = IVLP.md §4 (30,720 / 46,080 /
   24,576 / 73,728, released key names);
 - the prompted towers by hand (a block-by-block forward written here): fresh prompts in layers 0..J-1 of each tower
   at their own lengths, nothing after; VPT-deep's classifier is the frozen "a photo of a {class}." features;
+- MaPLe: counts 3,555,072 (J = 9) / 1,185,024 (J = 3) and released keys; its vision prompts are a per-layer linear
+  map of the text prompts (by hand), the deep maps start identical, and an image-only loss reaches the text prompts
+  and every map;
 - released checkpoints (whole CustomCLIP with frozen-CLIP keys and token buffers, fp16) load;
 - HiCroPL with ``FLOW none`` vs IVLP with its settings (issue 17, point 5): same prompted towers, different logits;
 - a short ToyShapes training lifts base accuracy above chance (IVLP and VPT-deep, random:tiny, CPU);
@@ -20,7 +23,7 @@ from dassl.utils import load_checkpoint
 from test_trainer_comparison_methods import (  # noqa: F401 (tiny, vitb16, cache_dir: the shared fixtures)
     cache_dir, make_trainer, n_trainable, tiny, vitb16)
 from train import build_parser, setup_cfg
-from trainers import hicropl, ivlp
+from trainers import hicropl, ivlp, maple
 from trainers.zsclip import DEFAULT_TEMPLATE
 
 CLASSES = ["Forest", "golden retriever", "x"]
@@ -122,6 +125,66 @@ def test_released_checkpoint_loads(tiny):
         torch.testing.assert_close(value, released[key].float())
 
 
+# -------------------------------------------------------------------------------------------------------- MaPLe
+
+def build_maple(clip_model, n_ctx=2, depth=3):
+    torch.manual_seed(0)
+    learner = maple.MaPLePromptLearner(clip_model, CLASSES, n_ctx, depth, "a photo of a")
+    return maple.CustomCLIP(clip_model, maple.MaPLeLearned(learner), "fp32")
+
+
+@pytest.mark.parametrize("depth, count", [(9, 3_555_072), (3, 1_185_024)])
+def test_maple_vit_b16_trainable_count_and_released_keys(vitb16, depth, count):
+    model = build_maple(vitb16, 2, depth)
+    assert n_trainable(model) == count
+    deep = range(depth - 1)
+    keys = {"prompt_learner.ctx", "prompt_learner.proj.weight", "prompt_learner.proj.bias"}
+    keys |= {f"prompt_learner.compound_prompts_text.{i}" for i in deep}
+    keys |= {f"prompt_learner.compound_prompt_projections.{i}.{p}" for i in deep for p in ("weight", "bias")}
+    assert set(model.state_dict()) == keys
+
+
+def test_maple_coupling_is_a_per_layer_linear_map_and_gradients_reach_both(tiny, monkeypatch):
+    model = build_maple(tiny, 2, 3)
+    learner = model.prompt_learner.prompt_learner
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    maps = [(sd["prompt_learner.proj.weight"], sd["prompt_learner.proj.bias"])] + [
+        (sd[f"prompt_learner.compound_prompt_projections.{i}.weight"],
+         sd[f"prompt_learner.compound_prompt_projections.{i}.bias"]) for i in range(2)]
+    text = [sd["prompt_learner.ctx"]] + [sd[f"prompt_learner.compound_prompts_text.{i}"] for i in range(2)]
+    torch.testing.assert_close(maps[1], maps[2])  # the deep maps are copies of one Linear
+    assert not torch.equal(maps[0][0], maps[1][0])  # proj is a separate one
+    seen = {}
+    encode_image = tiny.encode_image
+    monkeypatch.setattr(tiny, "encode_image", lambda image, prompts=None: seen.setdefault("v", prompts) and
+                        encode_image(image, prompts))
+    image = torch.randn(2, 3, tiny.visual.input_resolution, tiny.visual.input_resolution)
+    model.train()
+    logits = model.scaled_cosine(*model.features(image))
+    for layer, (weight, bias) in enumerate(maps):
+        torch.testing.assert_close(seen["v"][layer], text[layer] @ weight.t() + bias)
+    with torch.no_grad():  # the image tower by hand with those prompts
+        expected = image_by_hand(tiny, image, [t @ w.t() + b for t, (w, b) in zip(text, maps)])
+    torch.testing.assert_close(model.features(image)[0], F.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
+    # an image-side loss (text features detached) reaches every text prompt and every map
+    image_features = model.features(image)[0]
+    (image_features @ model.features(image)[1].detach().t()).sum().backward()
+    for name, parameter in learner.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert logits.shape == (2, len(CLASSES))
+
+
+def test_maple_released_checkpoint_loads(tiny):
+    model = build_maple(tiny)
+    released = {key: torch.randn_like(value).half() for key, value in model.state_dict().items()}
+    frozen = {"logit_scale": torch.tensor(4.6), "image_encoder.conv1.weight": torch.zeros(1),
+              "text_encoder.positional_embedding": torch.zeros(1), "prompt_learner.token_prefix": torch.zeros(1),
+              "prompt_learner.token_suffix": torch.zeros(1)}
+    model.load_state_dict({**frozen, **released})
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, released[key].float())
+
+
 # ------------------------------------------------------------------------- HiCroPL FLOW none vs IVLP (Table 11)
 
 def test_hicropl_without_flow_has_ivlp_towers_but_fused_logits(tiny):
@@ -162,6 +225,10 @@ def test_hicropl_without_flow_has_ivlp_towers_but_fused_logits(tiny):
                                      "image_encoder.transformer.resblocks.1.VPT_shallow"}),
     ("IVLP", ("TRAINER.IVLP.PROMPT_DEPTH_TEXT", 0, "TRAINER.IVLP.N_CTX_VISION", 8, "OPTIM.LR", 0.05), "VLPromptLearner",
      {"image_encoder.VPT", "image_encoder.transformer.resblocks.1.VPT_shallow"}),  # VPT-deep
+    ("MaPLe", (), "MultiModalPromptLearner", {"prompt_learner.ctx", "prompt_learner.proj.weight",
+                                              "prompt_learner.proj.bias", "prompt_learner.compound_prompts_text.0",
+                                              "prompt_learner.compound_prompt_projections.0.weight",
+                                              "prompt_learner.compound_prompt_projections.0.bias"}),
 ])
 def test_short_toy_shapes_training_lifts_base_accuracy_above_chance(tmp_path_factory, tmp_path, method, opts,
                                                                     checkpoint_dir, keys):
@@ -194,6 +261,14 @@ PUBLISHED = {  # IVLP.md §5
                                         "TRAINER.IVLP.PROMPT_DEPTH_TEXT": 0, "TRAINER.IVLP.PROMPT_DEPTH_VISION": 12,
                                         "TRAINER.IVLP.PREC": "fp32"},
 }
+
+
+PUBLISHED.update({  # MAPLE.md §6.1
+    "MaPLe/vit_b16_c2_ep5_batch4_2ctx": {"OPTIM.LR": 0.0035, "OPTIM.MAX_EPOCH": 5, "TRAINER.MAPLE.N_CTX": 2,
+                                         "TRAINER.MAPLE.PROMPT_DEPTH": 9, "TRAINER.MAPLE.PREC": "fp16"},
+    "MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets": {"OPTIM.LR": 0.0026, "OPTIM.MAX_EPOCH": 2,
+                                                        "TRAINER.MAPLE.PROMPT_DEPTH": 3},
+})
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -173,3 +173,12 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
     # Precision, one of PRECISIONS; released "fp16" (CUDA only).
     cfg.TRAINER.IVLP.PREC = "fp16"
+
+    cfg.TRAINER.MAPLE = CN()
+    # MaPLe (trainers/maple.py): prompt length m in both towers (int >= 1; published 2), depth J (int, 1 <= J <= the
+    # towers' layers; published 9 base-to-novel, 3 cross-dataset), CTX_INIT (str, HiCroPL's rule: used when
+    # N_CTX <= 4; published "a photo of a"), PREC (PRECISIONS; released "fp16"). Released train.py defaults.
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PREC = "fp16"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9

@@ -129,11 +129,34 @@ class IVLPPromptLearner(nn.Module):
         return self._layers(self.image_encoder.VPT, self.image_encoder.transformer, self.depth_vision)
 
 
-class CustomCLIP(PromptedCLIP):
-    """Frozen CLIP with IVLP's independent prompts: logits = exp(logit_scale) * norm(f_img) @ norm(w)^T, loss CE."""
+class DeepPromptCLIP(PromptedCLIP):
+    """Base of IVLP's and MaPLe's models: logits = exp(logit_scale) * f_img @ w^T from ``features``, loss CE;
+    state dicts under the released names, and released files (whole CustomCLIP) load without their frozen keys."""
+
+    released_ignored_keys = ("logit_scale", "prompt_learner.token_prefix", "prompt_learner.token_suffix")
+
+    def features(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """image (B, 3, R, R) -> (f_img (B, d), w (K, d)) unit rows."""
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False):
+        """image (B, 3, R, R) -> logits (B, K) float32; with ``label``: the CE loss (and {"loss": ...})."""
+        with self.precision.autocast_context(image.device.type):
+            logits = self.scaled_cosine(*self.features(image))
+        if label is None:
+            return logits
+        loss = F.cross_entropy(logits, label)
+        return (loss, {"loss": loss}) if return_terms else loss
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Ours or a released file (whole CustomCLIP: its frozen-CLIP keys are dropped first)."""
+        return super().load_state_dict(drop_frozen_keys(state_dict), strict=strict, assign=assign)
+
+
+class CustomCLIP(DeepPromptCLIP):
+    """Frozen CLIP with IVLP's independent prompts."""
 
     method = "IVLP"
-    released_ignored_keys = ("logit_scale", "prompt_learner.token_prefix", "prompt_learner.token_suffix")
 
     def __init__(self, clip_model: CLIP, prompt_learner: IVLPPromptLearner, prec: str,
                  zeroshot_text: Optional[torch.Tensor] = None) -> None:
@@ -152,18 +175,8 @@ class CustomCLIP(PromptedCLIP):
         """(B, 3, R, R) -> (B, d) unit rows of the prompted image tower."""
         return F.normalize(self.clip_model.encode_image(image, self.prompt_learner.visual_prompts()), dim=-1)
 
-    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False):
-        """image (B, 3, R, R) -> logits (B, K) float32; with ``label``: the CE loss (and {"loss": ...})."""
-        with self.precision.autocast_context(image.device.type):
-            logits = self.scaled_cosine(self.prompted_image_features(image), self.cached(self.class_features))
-        if label is None:
-            return logits
-        loss = F.cross_entropy(logits, label)
-        return (loss, {"loss": loss}) if return_terms else loss
-
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Ours or a released IVLP/VPT file (whole CustomCLIP: its frozen-CLIP keys are dropped first)."""
-        return super().load_state_dict(drop_frozen_keys(state_dict), strict=strict, assign=assign)
+    def features(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.prompted_image_features(image), self.cached(self.class_features)
 
 
 def drop_frozen_keys(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
