@@ -85,6 +85,8 @@ PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
     "IVLP": {"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
     # MaPLe: no few-shot config was released (its Table 14 numbers come from PromptSRC's runs)
     "MaPLe": {"base2new": "vit_b16_c2_ep5_batch4_2ctx", "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+    "PromptSRC": {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+                  "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
 }
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run

@@ -38,17 +38,22 @@ class IVLPEpochSums(IVLP):
         self.sums, self.calls = state["sums"].clone(), list(state["calls"])
 
 
-def run(data_root, out, crash_at=None):
-    IVLPEpochSums.crash_at_epoch = crash_at
-    argv = ["--root", data_root, "--seed", "1", "--trainer", "IVLPEpochSums", "--output-dir", str(out),
-            "--config-file", "configs/trainers/IVLP/demo_tiny.yaml",
-            "--dataset-config-file", "configs/datasets/toy_shapes.yaml", "USE_CUDA", "False",
-            "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "1", "DATASET.NUM_SHOTS", "4", "TEST.NO_TEST", "True"]
+def train_in_process(data_root, out, trainer, config_file, *opts):
+    """Build and train ``trainer`` on ToyShapes (4 shots, 3 epochs, a checkpoint every epoch, no test), seed 1."""
+    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--output-dir", str(out),
+            "--config-file", config_file, "--dataset-config-file", "configs/datasets/toy_shapes.yaml",
+            "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "1", "DATASET.NUM_SHOTS", "4",
+            "TEST.NO_TEST", "True", *map(str, opts)]
     cfg = setup_cfg(build_parser().parse_args(argv))
     set_random_seed(cfg.SEED)
-    trainer = build_trainer(cfg)
-    trainer.train()
-    return trainer
+    built = build_trainer(cfg)
+    built.train()
+    return built
+
+
+def run(data_root, out, crash_at=None):
+    IVLPEpochSums.crash_at_epoch = crash_at
+    return train_in_process(data_root, out, "IVLPEpochSums", "configs/trainers/IVLP/demo_tiny.yaml")
 
 
 def test_hook_runs_each_epoch_before_the_checkpoint_and_survives_kill_and_resume(tmp_path_factory, tmp_path):

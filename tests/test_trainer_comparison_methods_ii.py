@@ -229,6 +229,9 @@ def test_hicropl_without_flow_has_ivlp_towers_but_fused_logits(tiny):
                                               "prompt_learner.proj.bias", "prompt_learner.compound_prompts_text.0",
                                               "prompt_learner.compound_prompt_projections.0.weight",
                                               "prompt_learner.compound_prompt_projections.0.bias"}),
+    ("PromptSRC", (), "VLPromptLearner", {"prompt_learner.ctx", "image_encoder.VPT",
+                                          "text_encoder.transformer.resblocks.1.VPT_shallow",
+                                          "image_encoder.transformer.resblocks.1.VPT_shallow"}),
 ])
 def test_short_toy_shapes_training_lifts_base_accuracy_above_chance(tmp_path_factory, tmp_path, method, opts,
                                                                     checkpoint_dir, keys):
@@ -268,6 +271,18 @@ PUBLISHED.update({  # MAPLE.md §6.1
                                          "TRAINER.MAPLE.PROMPT_DEPTH": 9, "TRAINER.MAPLE.PREC": "fp16"},
     "MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets": {"OPTIM.LR": 0.0026, "OPTIM.MAX_EPOCH": 2,
                                                         "TRAINER.MAPLE.PROMPT_DEPTH": 3},
+})
+
+PUBLISHED.update({  # PROMPTSRC.md §7
+    "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx": {"OPTIM.LR": 0.0025, "OPTIM.MAX_EPOCH": 20,
+                                                "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT": 9,
+                                                "TRAINER.PROMPTSRC.GPA_MEAN": 15, "TRAINER.PROMPTSRC.GPA_STD": 1,
+                                                "TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT": 25},
+    "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets": {"TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION": 3,
+                                                               "TRAINER.PROMPTSRC.GPA_MEAN": 6,
+                                                               "TRAINER.PROMPTSRC.GPA_STD": 10},
+    "PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot": {"OPTIM.MAX_EPOCH": 50, "TRAINER.PROMPTSRC.GPA_MEAN": 30,
+                                                         "TRAINER.PROMPTSRC.GPA_STD": 30},
 })
 
 

@@ -182,3 +182,21 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
     cfg.TRAINER.MAPLE.PREC = "fp16"
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+
+    cfg.TRAINER.PROMPTSRC = CN()
+    # PromptSRC (trainers/promptsrc.py): IVLP's prompt keys (see TRAINER.IVLP; PROMPT_DEPTH_TEXT >= 1 here) with the
+    # released defaults (4 + 4 tokens, depth 9).
+    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4
+    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"
+    cfg.TRAINER.PROMPTSRC.PREC = "fp16"
+    # Weights of the L1 terms toward the frozen text (60 templates) / image features (int >= 0, as released, so
+    # the released yamls merge; published 25, 10).
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
+    # Gaussian prompt aggregation: mean and standard deviation (int, std > 0, as released) over the 1-based epochs
+    # (published base-to-novel 15 / 1, cross-dataset 6 / 10, few-shot 30 / 30 or 45 / 5).
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
