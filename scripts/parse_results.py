@@ -87,6 +87,8 @@ PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
     "MaPLe": {"base2new": "vit_b16_c2_ep5_batch4_2ctx", "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
     "PromptSRC": {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
                   "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
+    # MMA: no cross-dataset config was released (the paper: blocks 9-12, 1 epoch)
+    "MMA": {"base2new": "vit_b16_ep5", "base2new:imagenet": "vit_b16_ep5_imnet"},
 }
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run

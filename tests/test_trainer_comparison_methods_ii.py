@@ -232,6 +232,9 @@ def test_hicropl_without_flow_has_ivlp_towers_but_fused_logits(tiny):
     ("PromptSRC", (), "VLPromptLearner", {"prompt_learner.ctx", "image_encoder.VPT",
                                           "text_encoder.transformer.resblocks.1.VPT_shallow",
                                           "image_encoder.transformer.resblocks.1.VPT_shallow"}),
+    ("MMA", (), "adapter_learner", {f"{t}_adapter.{i}.{m}.{p}" for t in ("text", "visual") for i in (2, 3, 4)
+                                    for m in ("down.0", "up") for p in ("weight", "bias")}
+     | {f"shared_adapter.{i}.0.{p}" for i in (2, 3, 4) for p in ("weight", "bias")}),
 ])
 def test_short_toy_shapes_training_lifts_base_accuracy_above_chance(tmp_path_factory, tmp_path, method, opts,
                                                                     checkpoint_dir, keys):
@@ -285,14 +288,22 @@ PUBLISHED.update({  # PROMPTSRC.md §7
                                                          "TRAINER.PROMPTSRC.GPA_STD": 30},
 })
 
+PUBLISHED.update({  # MMA.md §5.1 (no warm-up, lr 0.0015, 5 epochs)
+    "MMA/vit_b16_ep5": {"OPTIM.LR": 0.0015, "OPTIM.MAX_EPOCH": 5, "OPTIM.WARMUP_EPOCH": 0,
+                        "DATALOADER.TRAIN_X.BATCH_SIZE": 16, "TRAINER.MMA.ADAPTER_START": 5,
+                        "TRAINER.MMA.ADAPTER_SCALE": 0.001, "TRAINER.MMA.PREC": "amp"},
+    "MMA/vit_b16_ep5_imnet": {"DATALOADER.TRAIN_X.BATCH_SIZE": 128, "TRAINER.MMA.ADAPTER_DIM": 32},
+})
+
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_configs_merge_with_their_values(name):
     method = name.split("/")[0]
     cfg = setup_cfg(build_parser().parse_args(["--trainer", method, "--config-file",
                                                f"configs/trainers/{name}.yaml"]))
-    common = {"OPTIM.NAME": "sgd", "DATALOADER.TRAIN_X.BATCH_SIZE": 4, "OPTIM.WARMUP_CONS_LR": 1e-5,
-              "TEST.FINAL_MODEL": "last_step", "MODEL.BACKBONE.NAME": "ViT-B/16"}
+    common = {"OPTIM.NAME": "sgd", "TEST.FINAL_MODEL": "last_step", "MODEL.BACKBONE.NAME": "ViT-B/16"}
+    if method != "MMA":
+        common.update({"DATALOADER.TRAIN_X.BATCH_SIZE": 4, "OPTIM.WARMUP_CONS_LR": 1e-5})
     for key, value in {**common, **PUBLISHED[name]}.items():
         node = cfg
         for part in key.split("."):

@@ -200,3 +200,15 @@ def add_trainer_cfg(cfg: CN) -> None:
     # (published base-to-novel 15 / 1, cross-dataset 6 / 10, few-shot 30 / 30 or 45 / 5).
     cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
     cfg.TRAINER.PROMPTSRC.GPA_STD = 1
+
+    cfg.TRAINER.MMA = CN()
+    # MMA (trainers/mma.py). Text input "<TEXT_CTX_INIT> <class>." (str; published "a photo of a").
+    cfg.TRAINER.MMA.TEXT_CTX_INIT = "a photo of a"
+    # Adapted blocks ADAPTER_START..ADAPTER_END, 1-based, both towers (ints, 1 <= start <= end <= layers; published
+    # 5 / 12; cross-dataset 9 per the paper), bottleneck width r (int >= 1; 32), branch scale alpha (float > 0; 0.001).
+    cfg.TRAINER.MMA.ADAPTER_START = 5
+    cfg.TRAINER.MMA.ADAPTER_END = 12
+    cfg.TRAINER.MMA.ADAPTER_DIM = 32
+    cfg.TRAINER.MMA.ADAPTER_SCALE = 0.001
+    # Precision, one of PRECISIONS; released "amp" (fp32 weights, fp16 autocast + GradScaler; CUDA only).
+    cfg.TRAINER.MMA.PREC = "amp"
