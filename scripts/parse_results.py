@@ -89,6 +89,8 @@ PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
                   "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
     # MMA: no cross-dataset config was released (the paper: blocks 9-12, 1 epoch)
     "MMA": {"base2new": "vit_b16_ep5", "base2new:imagenet": "vit_b16_ep5_imnet"},
+    # CoPrompt: one config (the released per-dataset N_CTX / PROMPT_DEPTH / W overrides are not applied)
+    "CoPrompt": {"base2new": "coprompt"},
 }
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run

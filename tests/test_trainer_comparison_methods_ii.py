@@ -235,6 +235,11 @@ def test_hicropl_without_flow_has_ivlp_towers_but_fused_logits(tiny):
     ("MMA", (), "adapter_learner", {f"{t}_adapter.{i}.{m}.{p}" for t in ("text", "visual") for i in (2, 3, 4)
                                     for m in ("down.0", "up") for p in ("weight", "bias")}
      | {f"shared_adapter.{i}.0.{p}" for i in (2, 3, 4) for p in ("weight", "bias")}),
+    ("CoPrompt", (), "MultiModalPromptLearner", {
+        "prompt_learner.ctx", "prompt_learner.proj.weight", "prompt_learner.proj.bias",
+        "prompt_learner.compound_prompts_text.0", "prompt_learner.compound_prompt_projections.0.weight",
+        "prompt_learner.compound_prompt_projections.0.bias", "adapter_image.fc.0.weight", "adapter_image.fc.2.weight",
+        "adapter_text.fc.0.weight", "adapter_text.fc.2.weight"}),  # two views per image (demo K_TRANSFORMS 2)
 ])
 def test_short_toy_shapes_training_lifts_base_accuracy_above_chance(tmp_path_factory, tmp_path, method, opts,
                                                                     checkpoint_dir, keys):
@@ -293,6 +298,12 @@ PUBLISHED.update({  # MMA.md §5.1 (no warm-up, lr 0.0015, 5 epochs)
                         "DATALOADER.TRAIN_X.BATCH_SIZE": 16, "TRAINER.MMA.ADAPTER_START": 5,
                         "TRAINER.MMA.ADAPTER_SCALE": 0.001, "TRAINER.MMA.PREC": "amp"},
     "MMA/vit_b16_ep5_imnet": {"DATALOADER.TRAIN_X.BATCH_SIZE": 128, "TRAINER.MMA.ADAPTER_DIM": 32},
+})
+
+PUBLISHED.update({  # COPROMPT.md §6.1
+    "CoPrompt/coprompt": {"OPTIM.LR": 0.0035, "OPTIM.MAX_EPOCH": 8, "DATALOADER.K_TRANSFORMS": 2,
+                          "INPUT.TRANSFORMS": ("randaugment", "normalize"), "TRAINER.COPROMPT.N_CTX": 2,
+                          "TRAINER.COPROMPT.PROMPT_DEPTH": 9, "TRAINER.COPROMPT.W": 1.0},
 })
 
 

@@ -212,3 +212,17 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.MMA.ADAPTER_SCALE = 0.001
     # Precision, one of PRECISIONS; released "amp" (fp32 weights, fp16 autocast + GradScaler; CUDA only).
     cfg.TRAINER.MMA.PREC = "amp"
+
+    cfg.TRAINER.COPROMPT = CN()
+    # CoPrompt (trainers/coprompt.py; the released code's TRAINER.CoPrompt + TRAINER.W / TRAINER.DISTILL). Prompts as
+    # TRAINER.MAPLE: N_CTX (int >= 1), CTX_INIT (str), PREC (PRECISIONS), PROMPT_DEPTH (int >= 1); released defaults.
+    cfg.TRAINER.COPROMPT.N_CTX = 2
+    cfg.TRAINER.COPROMPT.CTX_INIT = "a photo of a"
+    cfg.TRAINER.COPROMPT.PREC = "fp16"
+    cfg.TRAINER.COPROMPT.PROMPT_DEPTH = 9
+    # Weight lambda of the two consistency terms (float >= 0; train.py default 8.0, per dataset 0.1-8.0).
+    cfg.TRAINER.COPROMPT.W = 8.0
+    # Distance of the consistency terms: "cosine" (1 - mean cosine; all configs) or "mse".
+    cfg.TRAINER.COPROMPT.DISTILL = "cosine"
+    # Description file (str path; "" -> descriptions/<dataset key>.json); every class needs the same sentence count.
+    cfg.TRAINER.COPROMPT.DESCRIPTIONS = ""
