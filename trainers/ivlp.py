@@ -130,8 +130,9 @@ class IVLPPromptLearner(nn.Module):
 
 
 class DeepPromptCLIP(PromptedCLIP):
-    """Base of IVLP's and MaPLe's models: logits = exp(logit_scale) * f_img @ w^T from ``features``, loss CE;
-    state dicts under the released names, and released files (whole CustomCLIP) load without their frozen keys."""
+    """Base of the IVLP, PromptSRC, MaPLe and CoPrompt models: logits = exp(logit_scale) * f_img @ w^T from
+    ``features``, loss CE; state dicts under the released names, and released files (whole CustomCLIP) load without
+    their frozen keys."""
 
     released_ignored_keys = ("logit_scale", "prompt_learner.token_prefix", "prompt_learner.token_suffix")
 
