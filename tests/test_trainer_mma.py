@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import clip
-from test_trainer_comparison_methods import n_trainable, tiny, vitb16  # noqa: F401 (fixtures)
+from test_trainer_comparison_methods import n_trainable, vitb16  # noqa: F401 (vitb16: fixture)
 from trainers import mma
 
 CLASSES = ["Forest", "golden retriever", "x"]
