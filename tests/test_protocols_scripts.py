@@ -45,7 +45,7 @@ TINY_OPTS = ("MODEL.BACKBONE.NAME random:tiny TRAINER.HICROPL.TEACHER_NAME rando
 
 
 # Environment variables the scripts read: the caller's values must not leak into the tests.
-SCRIPT_ENV = ("DATASETS", "SEEDS", "SOURCE", "SHOTS", "SHOTS_LIST", "CFG", "B2N_LOAD_EPOCH", "XD_LOAD_EPOCH",
+SCRIPT_ENV = ("TRAINER", "DATASETS", "SEEDS", "SOURCE", "SHOTS", "SHOTS_LIST", "CFG", "B2N_LOAD_EPOCH", "XD_LOAD_EPOCH",
               "EXTRA_OPTS", "DRY_RUN", "DATA", "OUTPUT")
 
 

@@ -4,8 +4,9 @@ yacs refuses keys that do not exist in the defaults tree, so every key a trainer
 declared here, before any yaml or command-line value is merged. Types matter: yacs rejects
 int <-> float changes, so float defaults are written with a dot.
 
-The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL) and
-``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP).
+The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL),
+``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP) and each comparison method's ``check_cfg`` (trainers/coop.py,
+cocoop.py, kgcoop.py, tcp.py, linear_probe.py).
 """
 import torch
 from yacs.config import CfgNode as CN
@@ -20,10 +21,12 @@ MAPPER_SCALES = ("multi", "single")
 COMPRESSIONS = ("lkp", "mean", "mlp")
 CONSISTENCY_TARGETS = ("descriptions", "template", "imagenet_templates", "random_description")
 CONSISTENCY_CRITERIA = ("cosine", "l1", "mse")
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
-    """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place, and ``OPTIM.EPS`` when the engine lacks it."""
+    """Add ``TRAINER.HICROPL``, ``ZSCLIP``, ``COOP``, ``COCOOP``, ``KGCOOP``, ``TCP`` and ``LP`` to ``cfg`` in place,
+    and ``OPTIM.EPS`` when the engine lacks it."""
     if "OPTIM" in cfg and "EPS" not in cfg.OPTIM:
         # Adam's epsilon (float > 0; HiCroPL configs: 1e-3). HiCroPL's vendored Dassl (and ours) declare it; the
         # original Dassl.pytorch does not and builds Adam with torch's 1e-8, so our trainers apply it themselves
@@ -116,6 +119,120 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.ZSCLIP.DESCRIPTIONS = ""
     # Precision, one of PRECISIONS except "amp": "fp32", "fp16" (CUDA only), "bf16" (autocast).
     cfg.TRAINER.ZSCLIP.PREC = "fp32"
+
+    # --- comparison methods (../shared/methods fact sheets; published values in configs/trainers/<Method>/) -----------
+    # CoOp's own names and defaults, so that CoOp's configs and command lines run unchanged.
+    cfg.TRAINER.COOP = CN()
+    # Context length M (int >= 1; ignored when CTX_INIT is set: M = its token count).
+    cfg.TRAINER.COOP.N_CTX = 16
+    # Class-specific context (bool): one (M, D) context per class instead of one shared by all classes.
+    cfg.TRAINER.COOP.CSC = False
+    # Words that initialise the context (str, "_" = space; "" = random N(0, 0.02^2) init); published: "a photo of a".
+    cfg.TRAINER.COOP.CTX_INIT = ""
+    # Precision, one of PRECISIONS (as TRAINER.HICROPL.PREC); released default "fp16" (CUDA only).
+    cfg.TRAINER.COOP.PREC = "fp16"
+    # Where the class-name tokens sit, one of CLASS_TOKEN_POSITIONS: "end" ([SOT] ctx name . EOT), "middle"
+    # ([SOT] ctx[:M/2] name ctx[M/2:] . EOT) or "front" ([SOT] name ctx . EOT).
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
+
+    cfg.TRAINER.COCOOP = CN()
+    # As TRAINER.COOP: context length (int >= 1, ignored with CTX_INIT), init words (str), precision (PRECISIONS).
+    cfg.TRAINER.COCOOP.N_CTX = 16
+    cfg.TRAINER.COCOOP.CTX_INIT = ""
+    cfg.TRAINER.COCOOP.PREC = "fp16"
+
+    cfg.TRAINER.KGCOOP = CN()
+    # As TRAINER.COOP (KgCoOp is unified CoOp with the class token at the end): N_CTX (int >= 1, ignored with
+    # CTX_INIT), CTX_INIT (str; published "a photo of a"), PREC (PRECISIONS).
+    cfg.TRAINER.KGCOOP.N_CTX = 4
+    cfg.TRAINER.KGCOOP.CTX_INIT = "a photo of a"
+    cfg.TRAINER.KGCOOP.PREC = "fp16"
+    # Weight W of the knowledge term W * (1 - mean_k cos(w_k, w_k^clip)) (float >= 0; published 8.0).
+    cfg.TRAINER.KGCOOP.W = 8.0
+
+    cfg.TRAINER.TCP = CN()
+    # Context length M (int >= 1; published 4), CTX_INIT (str; published "" = random), PREC (PRECISIONS).
+    cfg.TRAINER.TCP.N_CTX = 4
+    cfg.TRAINER.TCP.CTX_INIT = ""
+    cfg.TRAINER.TCP.PREC = "fp16"
+    # Text block (0-based) at whose input the class-aware tokens replace the context positions (int in
+    # [1, text layers - 1]; published 8 of ViT-B/16's 12).
+    cfg.TRAINER.TCP.LAYER = 8
+    # Weight of the knowledge term W * (1 - mean_k cos(w_k, w_k^clip)) (float >= 0; published 8.0).
+    cfg.TRAINER.TCP.W = 8.0
+
+    cfg.TRAINER.LP = CN()
+    # Linear-probe CLIP (trainers/linear_probe.py): rounds of the interval search for C after the coarse sweep
+    # (int >= 0; published 8).
+    cfg.TRAINER.LP.NUM_STEP = 8
+
+    cfg.TRAINER.IVLP = CN()
+    # IVLP (independent deep prompts in both towers; trainers/ivlp.py). Per tower: prompt length m (int >= 1 when its
+    # depth > 0) and depth J (int, 0 <= J <= the tower's layers; J = layers 0..J-1 get fresh prompts, 0 = no prompts).
+    # PROMPT_DEPTH_TEXT 0 is VPT-deep: the classifier is the frozen "a photo of a {class}." features.
+    # Released defaults (train.py of the IVLP repo); published configs in configs/trainers/IVLP/.
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9
+    # Words initialising the layer-0 text prompts (str, "_" = space): used when N_CTX_TEXT <= 4, the template is then
+    # "<CTX_INIT> <class>." with its first N_CTX_TEXT tokens learnable (HiCroPL's rule); "" = N(0, 0.02^2) init.
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
+    # Precision, one of PRECISIONS; released "fp16" (CUDA only).
+    cfg.TRAINER.IVLP.PREC = "fp16"
+
+    cfg.TRAINER.MAPLE = CN()
+    # MaPLe (trainers/maple.py): prompt length m in both towers (int >= 1; published 2), depth J (int, 1 <= J <= the
+    # towers' layers; published 9 base-to-novel, 3 cross-dataset), CTX_INIT (str, HiCroPL's rule: used when
+    # N_CTX <= 4; published "a photo of a"), PREC (PRECISIONS; released "fp16"). Released train.py defaults.
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PREC = "fp16"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+
+    cfg.TRAINER.PROMPTSRC = CN()
+    # PromptSRC (trainers/promptsrc.py): IVLP's prompt keys (see TRAINER.IVLP; PROMPT_DEPTH_TEXT >= 1 here) with the
+    # released defaults (4 + 4 tokens, depth 9).
+    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4
+    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"
+    cfg.TRAINER.PROMPTSRC.PREC = "fp16"
+    # Weights of the L1 terms toward the frozen text (60 templates) / image features (int >= 0, as released, so
+    # the released yamls merge; published 25, 10).
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
+    # Gaussian prompt aggregation: mean and standard deviation (int, std > 0, as released) over the 1-based epochs
+    # (published base-to-novel 15 / 1, cross-dataset 6 / 10, few-shot 30 / 30 or 45 / 5).
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
+
+    cfg.TRAINER.MMA = CN()
+    # MMA (trainers/mma.py). Text input "<TEXT_CTX_INIT> <class>." (str; published "a photo of a").
+    cfg.TRAINER.MMA.TEXT_CTX_INIT = "a photo of a"
+    # Adapted blocks ADAPTER_START..ADAPTER_END, 1-based, both towers (ints, 1 <= start <= end <= layers; published
+    # 5 / 12; cross-dataset 9 per the paper), bottleneck width r (int >= 1; 32), branch scale alpha (float > 0; 0.001).
+    cfg.TRAINER.MMA.ADAPTER_START = 5
+    cfg.TRAINER.MMA.ADAPTER_END = 12
+    cfg.TRAINER.MMA.ADAPTER_DIM = 32
+    cfg.TRAINER.MMA.ADAPTER_SCALE = 0.001
+    # Precision, one of PRECISIONS; released "amp" (fp32 weights, fp16 autocast + GradScaler; CUDA only).
+    cfg.TRAINER.MMA.PREC = "amp"
+
+    cfg.TRAINER.COPROMPT = CN()
+    # CoPrompt (trainers/coprompt.py; the released code's TRAINER.CoPrompt + TRAINER.W / TRAINER.DISTILL). Prompts as
+    # TRAINER.MAPLE: N_CTX (int >= 1), CTX_INIT (str), PREC (PRECISIONS), PROMPT_DEPTH (int >= 1); released defaults.
+    cfg.TRAINER.COPROMPT.N_CTX = 2
+    cfg.TRAINER.COPROMPT.CTX_INIT = "a photo of a"
+    cfg.TRAINER.COPROMPT.PREC = "fp16"
+    cfg.TRAINER.COPROMPT.PROMPT_DEPTH = 9
+    # Weight lambda of the two consistency terms (float >= 0; train.py default 8.0, per dataset 0.1-8.0).
+    cfg.TRAINER.COPROMPT.W = 8.0
+    # Distance of the consistency terms: "cosine" (1 - mean cosine; all configs) or "mse".
+    cfg.TRAINER.COPROMPT.DISTILL = "cosine"
+    # Description file (str path; "" -> descriptions/<dataset key>.json); every class needs the same sentence count.
+    cfg.TRAINER.COPROMPT.DESCRIPTIONS = ""
 
 
 def apply_optim_eps(optimizer: torch.optim.Optimizer, optim_cfg: CN) -> None:

@@ -58,7 +58,8 @@ _C.INPUT.CUTOUT_LEN = 16
 # (compat) Gaussian noise: mean and std.
 _C.INPUT.GN_MEAN = 0.0
 _C.INPUT.GN_STD = 0.15
-# (compat) RandAugment: number of ops and magnitude.
+# RandAugment (INPUT.TRANSFORMS "randaugment"): number of ops drawn per image (int >= 0) and their magnitude
+# (int in [0, 30]; dassl/data/transforms/randaugment.py).
 _C.INPUT.RANDAUGMENT_N = 2
 _C.INPUT.RANDAUGMENT_M = 10
 # (compat) Color jitter: brightness, contrast, saturation, hue.
@@ -200,6 +201,9 @@ _C.TRAIN.PRINT_FREQ = 10
 _C.TRAIN.COUNT_ITER = "train_x"
 # Show a tqdm bar (stderr) over the batches of each training epoch (True/False); not in Dassl.
 _C.TRAIN.PROGRESS_BAR = False
+# Count the FLOPs of the run's first training step with torch.utils.flop_counter.FlopCounterMode (True/False); not
+# in Dassl. Stored in results.json (cost.train_step_flops); the counted step trains exactly as an uncounted one.
+_C.TRAIN.COUNT_FLOPS = True
 
 ###########################
 # Test
@@ -211,6 +215,13 @@ _C.TEST.EVALUATOR = "Classification"
 _C.TEST.PER_CLASS_RESULT = False
 # Save the row-normalised confusion matrix to <OUTPUT_DIR>/cmat.pt (True/False).
 _C.TEST.COMPUTE_CMAT = False
+# Not in Dassl (files of one evaluation in a new <OUTPUT_DIR>/evaluations/<split>-<stage>-ep<E>-<time>/ folder,
+# named in its results.json record, see dassl/evaluation/outputs.py):
+# write predictions.csv (per image: path, label, top-5 classes and probabilities), per_class.csv and
+# confusion_matrix.csv (True/False). TEST.PER_CLASS_RESULT / COMPUTE_CMAT alone also write their file there.
+_C.TEST.SAVE_PREDICTIONS = False
+# Draw the reliability diagram of every evaluation as reliability.png (True/False).
+_C.TEST.RELIABILITY_DIAGRAM = False
 # Skip every evaluation during and after training (True/False).
 _C.TEST.NO_TEST = False
 # Split of the final / --eval-only evaluation: "test" or "val".

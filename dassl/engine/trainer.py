@@ -7,7 +7,8 @@ Life cycle of ``trainer.train()``::
     for epoch in [start, max):
         before_epoch()
         run_epoch()                TrainerX: one pass over train_loader_x -> forward_backward(batch)
-        after_epoch()              best_val: test("val"), keep model-best.pth.tar (ties -> later epoch);
+        after_epoch()              end_of_epoch() hook (e.g. PromptSRC's prompt aggregation), then
+                                   best_val: test("val"), keep model-best.pth.tar (ties -> later epoch);
                                    save model.pth.tar-<E> every CHECKPOINT_FREQ epochs and after the last
     after_train()                  load model-best (best_val), test(), print elapsed time
 
@@ -30,6 +31,7 @@ import datetime
 import functools
 import hashlib
 import os.path as osp
+import shutil
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -73,7 +75,9 @@ from dassl.utils import (
     UserError,
     write_json,
 )
+from dassl.evaluation.outputs import new_evaluation_dir, write_evaluation_files
 
+from .cost import count_flops, device_name, peak_memory, trainable_parameters
 from .identity import format_diff, identity_diff, run_identity
 from .results import append_result
 
@@ -132,6 +136,11 @@ class TrainerBase:
         # Why the model is evaluated (results.json "stage"): "epoch" (during training), "final" (after training),
         # "eval" (anything else, e.g. an --eval-only run).
         self._stage = "eval"
+        # Cost of this process's training (results.json "cost"): wall seconds in run_epoch, the FLOPs of one
+        # training step (counted on the first step when TRAIN.COUNT_FLOPS) and the wall seconds of that step.
+        self._train_seconds: Optional[float] = None
+        self._train_step_flops: Optional[int] = None
+        self._flop_count_seconds: Optional[float] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -200,6 +209,8 @@ class TrainerBase:
         scaler = getattr(self, "scaler", None)
         if scaler is not None and hasattr(scaler, "state_dict"):
             run_state["grad_scaler"] = scaler.state_dict()
+        if self.end_of_epoch_state() is not None:
+            run_state["end_of_epoch_state"] = self.end_of_epoch_state()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint(
@@ -238,6 +249,8 @@ class TrainerBase:
         scaler = getattr(self, "scaler", None)
         if checkpoint.get("grad_scaler") and scaler is not None and hasattr(scaler, "load_state_dict"):
             scaler.load_state_dict(checkpoint["grad_scaler"])
+        if checkpoint.get("end_of_epoch_state") is not None:
+            self.load_end_of_epoch_state(checkpoint["end_of_epoch_state"])
         per_rank = checkpoint.get("rng_state_per_rank")
         if per_rank is not None and len(per_rank) == get_world_size():
             set_rng_state(per_rank[get_rank()])
@@ -375,7 +388,9 @@ class TrainerBase:
         self._stage = "epoch"
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
+            epoch_start = time.time()
             self.run_epoch()
+            self._train_seconds = (self._train_seconds or 0.0) + time.time() - epoch_start
             self.check_replicas()
             self._model_epoch, self._model_checkpoint = self.epoch + 1, None
             self.after_epoch()
@@ -415,6 +430,20 @@ class TrainerBase:
         pass
 
     def after_epoch(self) -> None:
+        pass
+
+    # End-of-epoch hook: ``end_of_epoch()`` runs after every training epoch (``self.epoch`` is the 0-based epoch just
+    # trained) and before that epoch's checkpoints are written. A method keeps its running state in
+    # ``end_of_epoch_state()`` (any picklable object, None = nothing), which every checkpoint stores under
+    # "end_of_epoch_state" and a resume hands back to ``load_end_of_epoch_state`` -- so kill + resume continues
+    # exactly.
+    def end_of_epoch(self) -> None:
+        pass
+
+    def end_of_epoch_state(self) -> Any:
+        return None
+
+    def load_end_of_epoch_state(self, state: Any) -> None:
         pass
 
     def run_epoch(self) -> None:
@@ -668,6 +697,7 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self) -> None:
+        self.end_of_epoch()
         last_epoch = (self.epoch + 1) == self.max_epoch
         do_test = not self.cfg.TEST.NO_TEST
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
@@ -699,10 +729,14 @@ class SimpleTrainer(TrainerBase):
         split, data_loader = self.eval_loader(split)
         print(f"Evaluate on the *{split}* set")
 
+        eval_start = time.time()
         for batch in tqdm(data_loader, desc=f"Evaluate ({split})", leave=False, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
+            if hasattr(self.evaluator, "set_impaths") and "impath" in batch:
+                self.evaluator.set_impaths(batch["impath"])
             self.evaluator.process(output, label)
+        self._eval_seconds = time.time() - eval_start
 
         results = self.evaluator.evaluate()
         for k, v in results.items():
@@ -714,7 +748,51 @@ class SimpleTrainer(TrainerBase):
         """Append ``result_record(split, results)`` to ``<OUTPUT_DIR>/results.json`` (rank 0 only)."""
         if not is_main_process():
             return
-        append_result(osp.join(self.cfg.OUTPUT_DIR, "results.json"), self.result_record(split, results))
+        record = self.result_record(split, results)
+        eval_dir, files = self.write_evaluation_files(split, record)
+        if files:
+            record["files"] = {key: osp.relpath(path, self.cfg.OUTPUT_DIR) for key, path in files.items()}
+        if not append_result(osp.join(self.cfg.OUTPUT_DIR, "results.json"), record) and eval_dir is not None:
+            shutil.rmtree(eval_dir)  # an equal record is there already (with its own files)
+
+    def write_evaluation_files(self, split: str, record: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, str]]:
+        """Write the files TEST.SAVE_PREDICTIONS / PER_CLASS_RESULT / COMPUTE_CMAT / RELIABILITY_DIAGRAM ask for into
+        a new folder (``dassl.evaluation.outputs``); returns ``(folder, {kind: path})`` (``(None, {})``: nothing
+        asked for, or an evaluator without the per-sample record)."""
+        test = self.cfg.TEST
+        save = test.get("SAVE_PREDICTIONS", False)
+        asked = dict(predictions=save, per_class=save or test.PER_CLASS_RESULT, cmat=save or test.COMPUTE_CMAT,
+                     diagram=test.get("RELIABILITY_DIAGRAM", False))
+        if not any(asked.values()) or not hasattr(self.evaluator, "_topk"):
+            return None, {}
+        directory = new_evaluation_dir(self.cfg.OUTPUT_DIR, split, record["stage"], record["epoch"])
+        title = f"{record['trainer']} {record['dataset']} {split} ({record['stage']}, epoch {record['epoch']})"
+        return directory, write_evaluation_files(self.evaluator, directory, self.lab2cname, title=title, **asked)
+
+    def cost_record(self) -> Dict[str, Any]:
+        """The ``cost`` entry of a results record (README "Metrics, calibration and cost" defines each field)."""
+        models = list(self._models.values())
+        first = next((p for m in models for p in m.parameters()), None)
+        node = self.cfg.TRAINER.get(self.cfg_node or self.cfg.TRAINER.NAME.upper())
+        precision = node.get("PREC") if node is not None and "PREC" in node else None
+        if precision is None and first is not None:
+            precision = str(first.dtype).replace("torch.", "")
+        eval_seconds = getattr(self, "_eval_seconds", None)
+        n = getattr(self.evaluator, "_total", None)
+        memory, memory_kind = peak_memory(self.device)
+        return {
+            "trainable_params": trainable_parameters(models),
+            "train_time_s": self._train_seconds,
+            "train_step_flops": self._train_step_flops,
+            "flop_count_step_s": self._flop_count_seconds,
+            "eval_time_s": eval_seconds,
+            "eval_images_per_s": n / eval_seconds if n and eval_seconds else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "device": device_name(self.device),
+            "precision": precision,
+            "world_size": get_world_size(),
+        }
 
     def result_record(self, split: str, results: Dict[str, float]) -> Dict[str, Any]:
         """The results.json record of this evaluation (the one place records are built; extend it here).
@@ -731,7 +809,7 @@ class SimpleTrainer(TrainerBase):
             identity, changes = self._model_identity, self._model_identity_changes
         else:
             identity, changes = self.run_identity(), self._identity_changes
-        return {
+        record = {
             "split": split,
             "stage": self._stage,
             "epoch": self._model_epoch,
@@ -753,6 +831,12 @@ class SimpleTrainer(TrainerBase):
             "model_identity_changes": changes,
             "config": cfg_to_dict(cfg),
         }
+        # Probability metrics and the reliability bins (dassl.evaluation.metrics), then the cost of the model.
+        record.update(getattr(self.evaluator, "extra_metrics", None) or {})
+        if getattr(self.evaluator, "reliability", None):
+            record["reliability"] = self.evaluator.reliability
+        record["cost"] = self.cost_record()
+        return record
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
@@ -789,7 +873,11 @@ class TrainerX(SimpleTrainer):
         end = time.time()
         for self.batch_idx, batch in enumerate(batches):
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            if self._train_step_flops is None and self.cfg.TRAIN.get("COUNT_FLOPS", False):
+                loss_summary, self._train_step_flops, self._flop_count_seconds = count_flops(
+                    lambda: self.forward_backward(batch))
+            else:
+                loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
             losses.update(self.mean_over_processes(loss_summary))
 
