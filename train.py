@@ -19,13 +19,15 @@ Config merge order: defaults -> ``extend_cfg`` -> dataset yaml -> trainer yaml -
 Bad input (unknown key, wrong value type, unknown trainer or dataset, missing or corrupt data, weights or
 checkpoints, unwritable output dir) ends with one ``error: ...`` line on stderr and exit status 2; a loss that
 becomes NaN/inf ends with one ``error: Loss is infinite or NaN at epoch E/N, batch B/M: ...`` line and status 3;
-Ctrl-C with one ``error: interrupted; ...`` line and status 130. Once log.txt is open, the error line is also
-written at its end.
+Ctrl-C with one ``error: interrupted; ...`` line and status 130, SIGTERM with ``error: terminated (SIGTERM); ...``
+and status 143 (checkpoints are written atomically, so rerunning the command resumes). Once log.txt is open, the
+error line is also written at its end and the log is closed.
 """
 import argparse
 import glob
 import os
 import os.path as osp
+import signal
 import sys
 from typing import NoReturn, Optional
 
@@ -35,7 +37,7 @@ from yacs.config import CfgNode as CN
 import datasets  # noqa: F401  (registers every dataset)
 import trainers  # noqa: F401  (registers every trainer)
 from clip import CLIPCallError, CLIPLoadError
-from dassl.config import get_cfg_default, merge_from_file_checked, merge_from_list_checked
+from dassl.config import check_cfg_values, get_cfg_default, merge_from_file_checked, merge_from_list_checked
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import (
@@ -53,6 +55,7 @@ from dassl.utils import (
     setup_logger,
 )
 from dassl.utils.tools import atomic_write_text, temp_path_beside
+from datasets.common import SUBSAMPLE_CHOICES
 from trainers.config import add_trainer_cfg
 
 
@@ -151,8 +154,10 @@ def check_output_dir(output_dir: str) -> None:
 
 def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
     """``model_dir`` must hold ``<name>/model-best.pth.tar`` (or ``<name>/model.pth.tar-<load_epoch>``)."""
-    if not osp.isdir(model_dir):
+    if not osp.exists(model_dir):
         raise UserError(f"--model-dir {model_dir} does not exist")
+    if not osp.isdir(model_dir):
+        raise UserError(f"--model-dir {model_dir} is a file, not a folder; pass the --output-dir of a training run")
     fname = "model-best.pth.tar" if load_epoch is None else f"model.pth.tar-{load_epoch}"
     if glob.glob(osp.join(glob.escape(model_dir), "*", fname)):
         return
@@ -162,6 +167,31 @@ def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
                         "(pick one with --load-epoch N)")
     raise UserError(f"--model-dir {model_dir} holds no checkpoints (<model name>/model*.pth.tar*); "
                     "point it at the --output-dir of a training run")
+
+
+def check_values(cfg: CN) -> None:
+    """Enumerated/numeric values, the dataset root and an explicit resume target, checked before any work is done."""
+    check_cfg_values(cfg)
+    if cfg.DATASET.SUBSAMPLE_CLASSES not in SUBSAMPLE_CHOICES:
+        raise UserError(f"DATASET.SUBSAMPLE_CLASSES is {cfg.DATASET.SUBSAMPLE_CLASSES!r}; "
+                        f"choose one of {', '.join(SUBSAMPLE_CHOICES)}")
+    root = cfg.DATASET.ROOT
+    if root and osp.exists(root) and not osp.isdir(root):
+        raise UserError(f"--root {root} is a file, not a folder; pass the folder that holds the datasets")
+    if cfg.RESUME:
+        check_resume_dir(cfg.RESUME)
+
+
+def check_resume_dir(resume: str) -> None:
+    """An explicit ``--resume DIR`` must hold a checkpoint (never a silent fresh run instead)."""
+    if not osp.exists(resume):
+        raise UserError(f"--resume {resume} does not exist; pass the --output-dir of the run to continue, "
+                        "or drop --resume to train from scratch")
+    if not osp.isdir(resume):
+        raise UserError(f"--resume {resume} is a file, not a folder; pass the --output-dir of the run to continue")
+    if not glob.glob(osp.join(glob.escape(resume), "*", "checkpoint")):
+        raise UserError(f"--resume {resume} holds no checkpoint (<model name>/checkpoint); pass the --output-dir "
+                        "of the run to continue, or drop --resume to train from scratch")
 
 
 # The full merged config of a run, written into its output dir (read back by predict.py).
@@ -183,6 +213,7 @@ def main(args: argparse.Namespace) -> None:
 
     cfg = setup_cfg(args)
     check_names(cfg)
+    check_values(cfg)
     if args.eval_only and args.model_dir:
         check_model_dir(args.model_dir, args.load_epoch)
     check_output_dir(cfg.OUTPUT_DIR)
@@ -290,20 +321,36 @@ def one_line(error: BaseException) -> str:
 def fail(message: str, status: int) -> NoReturn:
     """Print ``error: <message>`` on stderr (and into log.txt if it is open) and exit with ``status``."""
     line = f"error: {message}"
-    if isinstance(sys.stdout, Logger):  # the log of the run says why it stopped
-        sys.stdout.file.write(line + "\n")
-        sys.stdout.file.flush()
+    if isinstance(sys.stdout, Logger):  # the log of the run says why it stopped, then is closed
+        logger = sys.stdout
+        sys.stdout = logger.console
+        try:
+            logger.file.write(line + "\n")
+            logger.close()
+        except OSError:  # the log itself cannot be written (a full disk): stderr still says it
+            pass
     print(line, file=sys.stderr)
     sys.exit(status)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a cluster's time limit) arrived: stop like Ctrl-C, with status 143."""
+
+
+def raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated()
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         main(build_parser().parse_args())
     except (UserError, CLIPLoadError, CLIPCallError) as e:  # bad input: config, flags, files, weights, CLIP calls
         fail(one_line(e), 2)
     except NonFiniteLossError as e:  # the run diverged
         fail(one_line(e), 3)
+    except Terminated:
+        fail("terminated (SIGTERM); run the same command again to resume from the last saved checkpoint", 143)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to resume from the last saved checkpoint", 130)
     finally:

@@ -8,8 +8,9 @@ What lives here (DATASETS_FACTS.md §2-§4):
   50/20/30) and :func:`split_trainval` (80/20);
 * the few-shot cache ``split_fewshot/shot_<K>-seed_<SEED>.pkl``: :func:`load_or_create_fewshot`;
 * the base/new class split: :func:`subsample_classes`;
-* atomic writes (temp file + ``os.replace``) so that an interrupted or failed run never leaves a half-written
-  split, few-shot or preprocessed file behind;
+* atomic writes (temp file + ``os.replace``, ``common.files``) so that an interrupted or failed run never leaves a
+  half-written split, few-shot or preprocessed file behind, each created under a folder lock so that parallel runs
+  (seeds) write it once and all read the same file, with the caller's umask so that lab-mates can read it;
 * :class:`SplitDataset`, the constructor pipeline shared by the datasets that have a split file.
 
 Randomness: split generation and few-shot sampling use Python's global ``random`` (seeded by ``SEED`` in
@@ -23,11 +24,12 @@ import math
 import os
 import pickle
 import random
-import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from common.errors import MissingFileError, UserError
+from common.files import atomic_write, folder_lock
 from dassl.data.datasets import Datum, DatasetBase
 from dassl.utils import listdir_nohidden, read_json
 
@@ -64,11 +66,15 @@ class DataSource:
         return UserError(f"{self.name}: {what} {path} {problem} (see {DOC_FILE}#{self.anchor})")
 
     def require_dir(self, path: str, what: str) -> str:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise self.invalid(what, path, "is a file, not a folder")
         if not os.path.isdir(path):
             raise self.missing(what, path, near_miss_hint(path))
         return path
 
     def require_file(self, path: str, what: str, hint: str = "") -> str:
+        if os.path.isdir(path):
+            raise self.invalid(what, path, "is a folder, not a file")
         if not os.path.isfile(path):
             raise self.missing(what, path, hint)
         return path
@@ -81,7 +87,7 @@ def near_miss_hint(path: str) -> str:
     """
     parent, name = os.path.split(os.path.normpath(path))
     if not os.path.isdir(parent):
-        return f"{parent} does not exist either"
+        return f"{parent} is a file, not a folder" if os.path.exists(parent) else f"{parent} does not exist either"
 
     def key(folder: str) -> str:
         return "".join(c for c in folder.lower() if c not in "-_ .")
@@ -105,34 +111,23 @@ def make_datum(impath: str, label: int, classname: str, source: DataSource, list
 # --------------------------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through a temp file in the same folder + ``os.replace``.
-
-    Readers (and concurrent runs writing the same cache) therefore only ever see a complete file; if ``write``
-    raises, nothing is left behind.
-    """
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def write_data_file(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
+    """``common.files.atomic_write`` for a file in the data folder; a folder that cannot take it (read-only shared
+    data, a full disk) is one ``UserError`` line, and nothing is left behind."""
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        atomic_write(path, write, binary=binary)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}); make the dataset folder writable (or copy the "
+                        "dataset to one you can write to), or free some space") from None
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
     """JSON with 4-space indent and (",", ": ") separators, the layout of the published split files."""
-    atomic_write(path, lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")))
+    write_data_file(path, lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")))
 
 
 def write_pickle_atomic(obj: Any, path: str) -> None:
-    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
+    write_data_file(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
 
 
 def read_pickle(path: str, source: DataSource, what: str) -> Any:
@@ -270,29 +265,51 @@ def load_or_create_fewshot(
 ) -> Tuple[Split, Optional[Split]]:
     """Reduce ``train`` to ``num_shots`` images per class and ``val`` to ``min(num_shots, 4)``, with a disk cache.
 
-    ``num_shots < 1`` returns both unchanged. The cache pickle holds ``{"train": [...], "val": [...]}`` (only
-    ``"train"`` when ``val`` is None, as for ImageNet) with the full class set, so base and new runs of a seed share
-    it; it is interchangeable with the CoOp-family code's files. Sampling is the engine's
+    ``num_shots < 1`` returns both unchanged; otherwise ``dataset.num_shots`` is set to the real K (:func:`real_shots`).
+    The cache pickle holds ``{"train": [...], "val": [...]}`` (only ``"train"`` when ``val`` is None, as for ImageNet)
+    with the full class set, so base and new runs of a seed share it; it is interchangeable with the CoOp-family
+    code's files. It is written once, under a lock of its folder: parallel runs of a seed read the first one's file. Sampling is the engine's
     ``DatasetBase.generate_fewshot_dataset`` (train first, then val: the order matters for reproducibility).
     """
     if num_shots < 1:
         return train, val
     path = fewshot_cache_path(split_fewshot_dir, num_shots, seed)
-    if os.path.isfile(path):
+    data = None
+    if not os.path.isfile(path):
+        with folder_lock(split_fewshot_dir):  # parallel runs of one seed: one samples and writes, the rest read
+            if not os.path.isfile(path):
+                data = {"train": dataset.generate_fewshot_dataset(train, num_shots=num_shots)}
+                if val is not None:
+                    data["val"] = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
+                print(f"Saving preprocessed few-shot data to {path}")
+                write_pickle_atomic(data, path)
+    if data is None:
         print(f"Loading preprocessed few-shot data from {path}")
         data = read_pickle(path, source, "few-shot cache")
         if not isinstance(data, dict) or "train" not in data or (val is not None and "val" not in data):
             raise source.invalid("few-shot cache", path, "has an unexpected layout; delete it to rebuild it")
         check_cached_paths(data["train"] + (data["val"] if val is not None else []), path, source)
-        return data["train"], (data["val"] if val is not None else None)
-    train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
-    data = {"train": train}
-    if val is not None:
-        val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-        data["val"] = val
-    print(f"Saving preprocessed few-shot data to {path}")
-    write_pickle_atomic(data, path)
-    return train, val
+    dataset.num_shots = real_shots(data["train"], num_shots, source)
+    return data["train"], (data["val"] if val is not None else None)
+
+
+def real_shots(train: Split, num_shots: int, source: DataSource) -> int:
+    """The K that a few-shot ``train`` really holds, for results.json's ``shots`` (read from ``dataset.num_shots``).
+
+    ``num_shots``, unless some classes have fewer training images than that: they keep all of theirs, and K is the
+    largest class's count (``NUM_SHOTS 100`` on 24 images per class is a 24-shot run). Then a warning line says so.
+    """
+    counts = Counter(item.label for item in train)
+    short = {label: n for label, n in counts.items() if n < num_shots}
+    if not short:
+        return num_shots
+    real = max(counts.values())
+    fewest = min(short, key=lambda label: (short[label], label))
+    classname = next(item.classname for item in train if item.label == fewest)
+    print(f"Warning: DATASET.NUM_SHOTS is {num_shots}, but {len(short)} of {len(counts)} {source.name} classes have "
+          f"fewer training images (fewest: {short[fewest]}, {classname!r}); they use all of their images, and results "
+          f"record shots = {real}")
+    return real
 
 
 def check_cached_paths(items: Sequence[Datum], cache_path: str, source: DataSource) -> None:
@@ -374,12 +391,17 @@ class SplitDataset(DatasetBase):
         """Hook run before the folder checks (ToyShapes generates itself here). Default: nothing."""
 
     def load_splits(self) -> Tuple[Split, Split, Split]:
-        """Read the split file; if it is absent, generate the split from the raw annotations and write it."""
-        if os.path.isfile(self.split_path):
-            return read_split(self.split_path, self.image_dir, self.source)
-        train, val, test = self.generate_split()
-        write_split(train, val, test, self.split_path, self.image_dir)
-        return train, val, test
+        """Read the split file; if it is absent, generate the split from the raw annotations and write it (once, under
+        a lock of its folder)."""
+        if not os.path.isfile(self.split_path):
+            # Parallel seeds on a fresh folder: the first generates and writes the split, the others wait for it and
+            # read it (generating their own would give each seed another split).
+            with folder_lock(os.path.dirname(self.split_path)):
+                if not os.path.isfile(self.split_path):
+                    train, val, test = self.generate_split()
+                    write_split(train, val, test, self.split_path, self.image_dir)
+                    return train, val, test
+        return read_split(self.split_path, self.image_dir, self.source)
 
     def generate_split(self) -> Tuple[Split, Split, Split]:
         """Build train/val/test from the raw annotations (uses the global ``random``)."""

@@ -18,10 +18,11 @@ separable. Accuracy on ToyShapes therefore says nothing about shape recognition;
 
 Generation is deterministic (its own ``random.Random`` with a fixed seed, so it neither depends on nor consumes
 the global ``random`` that ``SEED`` controls) and atomic: everything is written into a temp folder beside the
-target, which is then renamed into place, so concurrent runs and interrupted runs never see a half-written
-dataset. A folder drawn by another generator version (e.g. the first one, whose colours were random) is reported
-with a one-line error asking to delete it, never silently mixed with new images. After generation it behaves like
-every other split-file dataset (few-shot cache, base/new = 5/5 classes).
+target, which is then renamed into place, so interrupted runs never leave a half-written dataset; concurrent runs
+wait for the first one (a lock on the parent folder), and files and folders get the caller's umask. A folder drawn
+by another generator version (e.g. the first one, whose colours were random) is reported with a one-line error
+asking to delete it, never silently mixed with new images. After generation it behaves like every other split-file
+dataset (few-shot cache, base/new = 5/5 classes).
 """
 from __future__ import annotations
 
@@ -29,12 +30,11 @@ import colorsys
 import math
 import os
 import random
-import shutil
-import tempfile
 from typing import List, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
+from common.files import folder_lock, make_shared_temp_dir
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import SplitDataset, write_json_atomic
@@ -143,12 +143,12 @@ def draw_shape(shape: str, rng: random.Random) -> Image.Image:
 
 
 def generate_toy_shapes(target_dir: str, split_file: str) -> None:
-    """Create ``target_dir`` (images, split file, generator marker) atomically; a no-op if another run already
-    created it."""
-    parent = os.path.dirname(target_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(target_dir)}-", dir=parent)
-    try:
+    """Create ``target_dir`` (images, split file, generator marker) atomically, with the caller's umask; a no-op if
+    another run already created it (parallel runs wait for the first one under a lock of the parent folder)."""
+    parent = os.path.dirname(os.path.abspath(target_dir))
+    with folder_lock(parent), make_shared_temp_dir(target_dir) as tmp_dir:
+        if os.path.isdir(target_dir):  # created by another run while this one waited for the lock
+            return
         rng = random.Random(GENERATION_SEED)
         split = {name: [] for name in SPLIT_SIZES}
         per_class = sum(SPLIT_SIZES.values())
@@ -167,15 +167,7 @@ def generate_toy_shapes(target_dir: str, split_file: str) -> None:
         write_json_atomic(split, os.path.join(tmp_dir, split_file))
         with open(os.path.join(tmp_dir, GENERATOR_FILE), "w", encoding="utf-8") as f:  # inside the temp dir
             f.write(GENERATOR_VERSION + "\n")
-        try:
-            os.rename(tmp_dir, target_dir)
-        except OSError:
-            # Another run renamed its copy first (target now non-empty): use that one, identical by construction.
-            if not os.path.isfile(os.path.join(target_dir, split_file)):
-                raise
-    finally:
-        if os.path.isdir(tmp_dir):
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.rename(tmp_dir, target_dir)
 
 
 def generator_version(dataset_dir: str) -> str:

@@ -63,6 +63,9 @@ def load_descriptions(
     note. Every sentence must fit CLIP's 77-token context (checked with ``clip.tokenize``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"description file {path} is a folder, not a file; set TRAINER.HICROPL.DESCRIPTIONS to a "
+                        "JSON file ({class name: [sentence, ...]})")
     if not path.is_file():
         raise UserError(
             f"description file {path} does not exist; write one ({{class name: [sentence, ...]}}) or set "

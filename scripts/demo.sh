@@ -6,12 +6,15 @@
 # CLIP features keep, so base accuracy climbs far above chance. It does not measure HiCroPL's accuracy (random CLIP
 # weights know nothing about shapes, and novel classes stay near chance).
 #
-# Environment: PYTHON (default python3), DATA (dataset root, default ./data; ToyShapes is generated there on first
-# use), OUT (output folder, default ./output/demo; emptied first so that the demo always starts from scratch).
+# Environment: PYTHON (default: the repo's .venv/bin/python if it exists, else python3), DATA (dataset root, default
+# ./data; ToyShapes is generated there on first use), OUT (output folder, default ./output/demo; emptied first so that
+# the demo always starts from scratch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+if [[ -z "${PYTHON:-}" ]]; then  # the repo's virtual environment when it exists, so no activation is needed
+    if [[ -x .venv/bin/python ]]; then PYTHON="$PWD/.venv/bin/python"; else PYTHON=python3; fi
+fi
 DATA=${DATA:-data}
 OUT=${OUT:-output/demo}
 CFG=configs/trainers/HiCroPL/demo_tiny.yaml

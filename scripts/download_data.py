@@ -13,7 +13,7 @@ or a URL that no longer answers) is reported with the exact steps to do by hand.
 already present is skipped, so the script can be re-run at any time.
 
 Exit status: 0 when every requested dataset is complete or only waits for manual steps, 1 when a download or a
-check failed, 2 for bad arguments.
+check failed, 2 for bad arguments (including a --root that is a file or not writable).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import tarfile
 import urllib.error
 import urllib.request
@@ -545,6 +546,38 @@ def resolve(names: Sequence[str]) -> List[DatasetPlan]:
     return chosen
 
 
+def root_problem(root: str, dry_run: bool = False) -> Optional[str]:
+    """Why ``root`` cannot hold the datasets (a file on the way, or a folder this user cannot write), else None.
+
+    Checked before anything is downloaded; a dry run only needs the path to be a folder. Nothing is left behind: the
+    write test creates the missing folders only to remove them again.
+    """
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"--root {root}: {existing} is a file, not a folder; pass a folder"
+    if dry_run:
+        return None
+    created = []
+    try:
+        folder = existing
+        for part in os.path.relpath(root, existing).split(os.sep):
+            if part == os.curdir:
+                continue
+            folder = os.path.join(folder, part)
+            os.mkdir(folder)
+            created.append(folder)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        return f"cannot write to --root {root} ({exc.strerror}); pass a folder you can write to"
+    finally:
+        for folder in reversed(created):
+            os.rmdir(folder)
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -562,6 +595,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyError as exc:
         parser.error(f"unknown dataset {exc.args[0]!r}; choose from all, " + ", ".join(p.key for p in PLANS))
     root = os.path.abspath(os.path.expanduser(args.root))
+    problem = root_problem(root, args.dry_run)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     if args.dry_run:
         for plan in plans:

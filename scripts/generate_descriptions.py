@@ -273,6 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"error: environment variable {args.key_env} is not set; export your API key in it "
                          "(or name another variable with --key-env)")
     if args.classnames:
+        if args.classnames.is_dir():
+            raise SystemExit(f"error: --classnames {args.classnames} is a folder; pass a text file, one class a line")
         if not args.classnames.is_file():
             raise SystemExit(f"error: --classnames file {args.classnames} does not exist")
         classnames = read_classnames_file(args.classnames)

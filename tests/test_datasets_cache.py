@@ -10,6 +10,7 @@ import pytest
 from dassl.data.datasets import Datum, build_dataset
 
 import datasets  # noqa: F401  (registers every dataset)
+from common.errors import UserError
 from datasets import common
 from dataset_cfg import make_cfg
 
@@ -157,7 +158,7 @@ def test_cache_write_is_atomic(toy_root, monkeypatch):
         raise OSError("no space left on device")
 
     monkeypatch.setattr(common.pickle, "dump", failing_dump)
-    with pytest.raises(OSError, match="no space left"):
+    with pytest.raises(UserError, match=r"cannot write .*shot_5-seed_11.pkl \(no space left on device\)"):
         build_dataset(make_cfg(toy_root, shots=5, seed=11))
     cache_dir = toy_root / "toy_shapes" / "split_fewshot"
     assert not (cache_dir / "shot_5-seed_11.pkl").exists()

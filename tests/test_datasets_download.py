@@ -319,3 +319,27 @@ def test_every_dataset_has_a_plan_matching_the_loaders(dl):
     keys = {plan.key for plan in dl.PLANS}
     config_ids = {p.stem for p in (SCRIPT.parents[1] / "configs" / "datasets").glob("*.yaml")} - {"toy_shapes"}
     assert keys == config_ids
+
+
+def test_download_data_refuses_a_root_that_is_a_file(dl, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    for root in (tmp_path / "a_file", tmp_path / "a_file" / "data"):
+        assert dl.main(["--dataset", "dtd", "--root", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --root {root}: {tmp_path / 'a_file'} is a file, not a folder; pass a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_download_data_refuses_an_unwritable_root(dl, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "shared" / "data"
+    if os.geteuid() == 0:  # root may write anywhere: make the write test fail as a read-only folder would
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(dl.tempfile, "TemporaryFile", refuse)
+    else:
+        (tmp_path / "shared").mkdir(mode=0o555)
+    assert dl.main(["--dataset", "dtd", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write to --root {root} (Permission denied); pass a folder you can write to\n"
+    assert not root.exists()  # the write test leaves nothing behind

@@ -252,6 +252,9 @@ def test_bad_input_is_reported(tmp_path, monkeypatch, capsys):
         gen.main(base)
     assert "not valid JSON" in str(exc.value)
     assert out.read_text() == "{not json"  # an unreadable existing file is never overwritten
+    with pytest.raises(SystemExit) as exc:  # a folder is not reported as missing
+        gen.main(["--classnames", str(tmp_path)] + base[2:])
+    assert str(exc.value) == f"error: --classnames {tmp_path} is a folder; pass a text file, one class a line"
 
 
 TOY_SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent", "pentagon", "arrow"]

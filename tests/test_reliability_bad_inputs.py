@@ -47,6 +47,9 @@ def ws(tmp_path_factory):
     (ws / "wrong_sum").mkdir()
     (ws / "wrong_sum" / "ViT-B-16.pt").write_bytes(b"a file with the wrong SHA256")
     (ws / "bad.yaml").write_text("OPTIM:\n  LR: [0.1\n")
+    (ws / "list.yaml").write_text("- OPTIM.LR\n- 0.1\n")
+    (ws / "pets_file").mkdir()
+    (ws / "pets_file" / "oxford_pets").write_text("not a folder")
 
     truncated = ws / "truncated"
     shutil.copytree(ws / "trained", truncated)
@@ -188,10 +191,74 @@ CASES = {
     "dataset unknown": (
         lambda ws, out: base_args(ws, out, opts=["DATASET.NAME", "ToyShape"]), None,
         ["error: unknown dataset 'ToyShape'; available: ", "Did you mean 'ToyShapes'?"]),
+    "config file is a folder": (
+        lambda ws, out: replace_flag(base_args(ws, out), "--config-file", str(ws / "empty")), None,
+        ["error: config file ", "empty is a folder, not a YAML file"]),
+    "config file YAML is not a mapping": (
+        lambda ws, out: replace_flag(base_args(ws, out), "--config-file", str(ws / "list.yaml")), None,
+        ["error: config file ", "list.yaml holds a YAML list, not a mapping of config keys"]),
+    "TEST.FINAL_MODEL typo": (
+        lambda ws, out: base_args(ws, out, opts=["TEST.FINAL_MODEL", "best"]), None,
+        ["error: TEST.FINAL_MODEL is 'best'; choose one of best_val, last_step"]),
+    "OPTIM.NAME unknown": (
+        lambda ws, out: base_args(ws, out, opts=["OPTIM.NAME", "adamm"]), None,
+        ["error: OPTIM.NAME is 'adamm'; choose one of adam, "]),
+    "OPTIM.LR_SCHEDULER unknown": (
+        lambda ws, out: base_args(ws, out, opts=["OPTIM.LR_SCHEDULER", "cosin"]), None,
+        ["error: OPTIM.LR_SCHEDULER is 'cosin'; choose one of "]),
+    "OPTIM.WARMUP_TYPE unknown": (
+        lambda ws, out: base_args(ws, out, opts=["OPTIM.WARMUP_TYPE", "const"]), None,
+        ["error: OPTIM.WARMUP_TYPE is 'const'; choose one of constant, linear"]),
+    "DATASET.SUBSAMPLE_CLASSES unknown": (
+        lambda ws, out: base_args(ws, out, opts=["DATASET.SUBSAMPLE_CLASSES", "novel"]), None,
+        ["error: DATASET.SUBSAMPLE_CLASSES is 'novel'; choose one of all, base, new"]),
+    "INPUT.TRANSFORMS unknown": (
+        lambda ws, out: base_args(ws, out, opts=["INPUT.TRANSFORMS", "['random_flipp']"]), None,
+        ["error: INPUT.TRANSFORMS: unknown transform 'random_flipp'; available: "]),
+    "batch size 0": (
+        lambda ws, out: base_args(ws, out, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "0"]), None,
+        ["error: DATALOADER.TRAIN_X.BATCH_SIZE is 0; it must be >= 1"]),
+    "negative workers": (
+        lambda ws, out: base_args(ws, out, opts=["DATALOADER.NUM_WORKERS", "-2"]), None,
+        ["error: DATALOADER.NUM_WORKERS is -2; it must be >= 0"]),
+    "negative lr": (
+        lambda ws, out: base_args(ws, out, opts=["OPTIM.LR", "-0.1"]), None,
+        ["error: OPTIM.LR is -0.1; it must be >= 0"]),
+    "INPUT.SIZE does not fit the backbone": (
+        lambda ws, out: base_args(ws, out, opts=["INPUT.SIZE", "(64, 64)"]), None,
+        ["error: INPUT.SIZE (64, 64) does not fit the backbone random:tiny, whose image tower takes 32x32 images; "
+         "set INPUT.SIZE (32, 32)"]),
+    "--root is a file": (
+        lambda ws, out: base_args(ws, out, root=ws / "a_file"), None,
+        ["error: --root ", "a_file is a file, not a folder"]),
+    "dataset folder is a file": (
+        lambda ws, out: base_args(ws, out, root=ws / "pets_file", dataset="oxford_pets"), None,
+        ["error: OxfordPets: dataset folder ", "pets_file/oxford_pets is a file, not a folder"]),
+    "--resume missing": (
+        lambda ws, out: base_args(ws, out, flags=["--resume", ws / "nope"]), None,
+        ["error: --resume ", "nope does not exist; ", "drop --resume to train from scratch"]),
+    "--resume is a file": (
+        lambda ws, out: base_args(ws, out, flags=["--resume", ws / "a_file"]), None,
+        ["error: --resume ", "a_file is a file, not a folder"]),
+    "--resume without checkpoints": (
+        lambda ws, out: base_args(ws, out, flags=["--resume", ws / "empty"]), None,
+        ["error: --resume ", "empty holds no checkpoint (<model name>/checkpoint)"]),
+    "--model-dir is a file": (
+        lambda ws, out: base_args(ws, out, flags=["--eval-only", "--model-dir", ws / "a_file"]), None,
+        ["error: --model-dir ", "a_file is a file, not a folder"]),
+    "description file is a folder": (
+        lambda ws, out: base_args(ws, out, opts=["TRAINER.HICROPL.DESCRIPTIONS", str(ws / "empty")]), None,
+        ["error: description file ", "empty is a folder, not a file"]),
+    "disk full at the start (log.txt)": (
+        lambda ws, out: base_args(ws, out), None,
+        ["error: cannot write ", "log.txt (No space left on device); ", "run the same command again"]),
     "command-line flag unknown": (
         lambda ws, out: ["--epochs", "3"] + base_args(ws, out), None,
         ["error: unrecognized arguments: --epochs (see train.py --help)"]),
 }
+
+# Faults injected into a case's run (see test_reliability_zygote.py).
+FAULTS = {"disk full at the start (log.txt)": [{"kind": "enospc_on_open", "name": "log.txt"}]}
 
 # Output-dir entries a failed run may leave: its log (and the config and training curves of a run that failed
 # mid-epoch).
@@ -217,7 +284,7 @@ def test_bad_input_fails_fast_with_one_line(ws, case):
     before = snapshot(ws, skip)
 
     result = zygote().run(make_args(ws, out), str(ws / "logs"), env={**env(ws), **(make_env(ws) if make_env else {})},
-                          timeout=60)
+                          faults=FAULTS.get(case), timeout=60)
 
     assert result.rc == 2, f"status {result.rc}:\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -235,7 +302,8 @@ def test_bad_input_fails_fast_with_one_line(ws, case):
     if out.exists():
         left = {p.name for p in out.iterdir()}
         assert left <= (TRAINING_LOGS if case in STARTED_TRAINING else LOGS), left
-        assert (out / "log.txt").read_text().splitlines()[-1] == lines[0]
+        if case not in FAULTS:  # (a full disk: log.txt could not be written at all)
+            assert (out / "log.txt").read_text().splitlines()[-1] == lines[0]
 
 
 def test_damaged_text_feature_cache_is_recomputed(ws):

@@ -11,6 +11,10 @@ a forked run and a fresh interpreter print the same thing.
 Fault injection (test code applied inside the child before train.py runs; the code under test is unchanged):
   {"kind": "kill_in_save", "name": N, "nth": k}        the k-th ``torch.save`` of a temp file for target file N
                                                        writes half of its bytes, then the process SIGKILLs itself
+  {"kind": "enospc_in_save", "name": N, "nth": k}      the k-th ``torch.save`` of a temp file for target file N
+                                                       writes a few bytes, then fails with OSError ENOSPC (full disk)
+  {"kind": "enospc_on_open", "name": N, "nth": k}      the k-th ``open`` of a file named N for writing fails with
+                                                       OSError ENOSPC (a disk full from the start)
   {"kind": "kill_before_replace", "name": N, "nth": k} the k-th ``os.replace(tmp, .../N)`` SIGKILLs the process
                                                        before renaming (the temp file is complete)
   {"kind": "kill_at_call", "function": "pkg.mod.f", "nth": k}  the k-th call of module attribute f SIGKILLs
@@ -34,7 +38,7 @@ TRAIN_PY = osp.join(REPO, "train.py")
 
 # The zygote: imports once, then serves {"op": "spawn" | "wait", ...} requests, one JSON line each way.
 ZYGOTE = r'''
-import importlib, io, json, os, runpy, signal, sys, time, traceback
+import errno, importlib, io, json, os, runpy, signal, sys, time, traceback
 REPO, TRAIN_PY = sys.argv[1], sys.argv[2]
 sys.path.insert(0, REPO)
 import torch
@@ -68,17 +72,35 @@ def install_faults(faults, stdout_path):
         kind = fault["kind"]
         if kind == "kill_in_save":
             def save(obj, f, *args, _fault=fault, _real=torch.save, **kwargs):
-                if isinstance(f, (str, os.PathLike)) and target_of_temp(f) == _fault["name"] and hit(_fault):
+                path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)  # a path or a file
+                if path is not None and target_of_temp(path) == _fault["name"] and hit(_fault):
                     buffer = io.BytesIO()
                     _real(obj, buffer, *args, **kwargs)
                     data = buffer.getvalue()
-                    with open(f, "wb") as out:
+                    with open(path, "wb") as out:
                         out.write(data[: len(data) // 2])
                         out.flush()
                         os.fsync(out.fileno())
                     die()
                 return _real(obj, f, *args, **kwargs)
             torch.save = save
+        elif kind == "enospc_in_save":
+            def save(obj, f, *args, _fault=fault, _real=torch.save, **kwargs):
+                path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+                if path is not None and target_of_temp(path) == _fault["name"] and hit(_fault):
+                    with open(path, "wb") as out:  # what fit on the disk: some bytes
+                        out.write(b"PK\x03\x04 half")
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return _real(obj, f, *args, **kwargs)
+            torch.save = save
+        elif kind == "enospc_on_open":
+            import builtins
+            def open_for_write(file, mode="r", *args, _fault=fault, _real=builtins.open, **kwargs):
+                if (isinstance(file, (str, os.PathLike)) and os.path.basename(str(file)) == _fault["name"]
+                        and any(c in mode for c in "wax+") and hit(_fault)):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+                return _real(file, mode, *args, **kwargs)
+            builtins.open = open_for_write
         elif kind == "kill_before_replace":
             def replace(src, dst, *args, _fault=fault, _real=os.replace, **kwargs):
                 if os.path.basename(str(dst)) == _fault["name"] and hit(_fault):

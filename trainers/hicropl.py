@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,9 +38,11 @@ from yacs.config import CfgNode
 import clip
 from clip.model import CLIP, convert_weights
 from common.errors import UserError
+from common.files import atomic_write, folder_lock
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from descriptions import description_file, load_descriptions, too_long_for_context
+from trainers.checks import check_input_size
 from trainers.config import (
     COMPRESSIONS,
     CONSISTENCY_CRITERIA,
@@ -199,19 +200,13 @@ def frozen_text_features(clip_model: CLIP, sentences: Sequence[Sequence[str]]) -
             problem = f"cannot be read ({type(e).__name__})"
         print(f"Frozen text features W: the cache {path} {problem}; recomputing it")
     weights = encode_descriptions(clip_model, sentences)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(weights.cpu(), f)
-        os.replace(tmp, path)
+        # Parallel runs may both compute W (same values); the lock makes the writes one after the other.
+        with folder_lock(str(path.parent)):
+            atomic_write(str(path), lambda f: torch.save(weights.cpu(), f), binary=True)
         print(f"Frozen text features W: {sum(map(len, sentences))} sentences encoded, cached at {path}")
     except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer on a full disk
         print(f"Frozen text features W: could not write the cache {path} ({e}); continuing without it")
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
     return weights
 
 
@@ -840,6 +835,7 @@ class HiCroPL(TrainerX):
         check_hicropl_cfg(hc, device=self.device, clip_model=clip_model)
         clip.check_input(clip_model, backbone, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
                          cfg.INPUT.INTERPOLATION)  # open_clip backbones: the images their weights expect
+        check_input_size(cfg.INPUT.SIZE, clip_model, backbone)  # every backbone: its image size
 
         path = Path(hc.DESCRIPTIONS) if hc.DESCRIPTIONS else description_file(cfg.DATASET.NAME)
         print(f"Frozen text features W from the descriptions in {path}")

@@ -23,6 +23,7 @@ from common.errors import UserError
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from descriptions import too_long_for_context
+from trainers.checks import check_input_size
 from trainers.config import PRECISIONS, apply_optim_eps
 from trainers.hicropl import PRECISION_TABLE, HiCroPL, Precision, frozen_text_features
 from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
@@ -220,6 +221,7 @@ class PromptTrainer(TrainerX):
         cfg = self.cfg
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model, _ = clip.load(cfg.MODEL.BACKBONE.NAME, device=self.device)
+        check_input_size(cfg.INPUT.SIZE, clip_model, cfg.MODEL.BACKBONE.NAME)
         print(f"Building {type(self).__name__}")
         self.model = self.build_custom_model(clip_model, self.dm.dataset.classnames).to(self.device)
         trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]

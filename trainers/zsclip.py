@@ -20,6 +20,7 @@ from clip.model import CLIP, convert_weights
 from common.errors import UserError
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from descriptions import description_file, load_descriptions
+from trainers.checks import check_input_size
 from trainers.config import ZS_CLASSIFIERS
 from trainers.hicropl import PRECISION_TABLE, frozen_text_features
 
@@ -97,6 +98,7 @@ class ZeroshotCLIP(TrainerX):
         clip_model, _ = clip.load(cfg.MODEL.BACKBONE.NAME, device=self.device)
         clip.check_input(clip_model, cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
                          cfg.INPUT.INTERPOLATION)  # open_clip backbones: the images their weights expect
+        check_input_size(cfg.INPUT.SIZE, clip_model, cfg.MODEL.BACKBONE.NAME)  # every backbone: its image size
         if zc.CLASSIFIER == "template":
             sentences = template_sentences(cfg.DATASET.NAME, classnames)
             print(f"Zero-shot classifier: template {sentences[0][0]!r} (first class)")

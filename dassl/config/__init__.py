@@ -3,6 +3,7 @@ from yacs.config import CfgNode as CN
 
 from .checked import all_keys, cfg_to_dict, merge_from_file_checked, merge_from_list_checked
 from .defaults import _C as cfg_default
+from .values import check_cfg_values
 
 
 def get_cfg_default() -> CN:

@@ -5,6 +5,7 @@ these wrappers name the key, where the value came from, the expected type and th
 key, so a typo in a yaml file or on the command line is fixed in one look.
 """
 import difflib
+import os
 import re
 from typing import Any, Dict, List, Sequence
 
@@ -66,14 +67,27 @@ def _explain(cfg: CN, err: Exception, source: str) -> str:
 
 
 def merge_from_file_checked(cfg: CN, path: str) -> None:
-    """``cfg.merge_from_file(path)``; a missing/invalid file, unknown key or wrong type -> ``UserError``."""
+    """``cfg.merge_from_file(path)``; a missing/invalid file, unknown key or wrong type -> ``UserError``.
+
+    Besides yacs' errors: a folder, an unreadable file and YAML that is not a mapping (a list, a bare string) are
+    reported as such, never as a traceback.
+    """
+    if os.path.isdir(path):
+        raise UserError(f"config file {path} is a folder, not a YAML file; pass the path of a .yaml file")
     try:
+        with open(path, "r") as f:
+            content = yaml.safe_load(f)
+        if content is not None and not isinstance(content, dict):
+            raise UserError(f"config file {path} holds a YAML {type(content).__name__}, not a mapping of config keys "
+                            "(KEY: value lines, e.g. 'OPTIM: {LR: 0.002}')")
         cfg.merge_from_file(path)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
         first_line = str(e).strip().splitlines()[0]
         raise UserError(f"config file {path} is not valid YAML ({first_line})") from None
+    except OSError as e:  # e.g. no read permission
+        raise UserError(f"cannot read config file {path} ({e.strerror})") from None
     except (KeyError, ValueError, AssertionError) as e:
         explanation = _explain(cfg, e, path)
         if not explanation:

@@ -815,7 +815,8 @@ class SimpleTrainer(TrainerBase):
             "epoch": self._model_epoch,
             "dataset": cfg.DATASET.NAME,
             "subsample": cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
-            "shots": cfg.DATASET.NUM_SHOTS,
+            # a dataset may set num_shots: the K its few-shot data really holds (classes with fewer images)
+            "shots": getattr(getattr(self, "dm", None) and self.dm.dataset, "num_shots", cfg.DATASET.NUM_SHOTS),
             "seed": cfg.SEED,
             "trainer": cfg.TRAINER.NAME,
             "backbone": cfg.MODEL.BACKBONE.NAME,

@@ -5,7 +5,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from .tools import mkdir_if_missing
+from .tools import mkdir_if_missing, write_failed
 
 __all__ = ["Logger", "setup_logger"]
 
@@ -21,12 +21,19 @@ class Logger:
     def __init__(self, fpath: str, console: Optional[TextIO] = None) -> None:
         self.console = console if console is not None else sys.stdout
         mkdir_if_missing(osp.dirname(osp.abspath(fpath)))
-        self.file = open(fpath, "w")
+        self.fpath = fpath
+        try:
+            self.file = open(fpath, "w")
+        except OSError as e:  # e.g. a full disk: one line, not a traceback
+            raise write_failed(fpath, e) from None
 
     def write(self, msg: str) -> int:
         self.console.write(msg)
-        self.file.write(msg)
-        self.file.flush()
+        try:
+            self.file.write(msg)
+            self.file.flush()
+        except OSError as e:
+            raise write_failed(self.fpath, e) from None
         return len(msg)
 
     def flush(self) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "read_json",
     "write_json",
     "atomic_write_text",
+    "write_failed",
     "temp_path_beside",
     "remove_stale_temp_files",
     "listdir_nohidden",
@@ -104,10 +105,23 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def write_failed(fpath: str, error: OSError) -> UserError:
+    """The one-line error for a file that could not be written (full disk, quota, permissions).
+
+    The engine writes every file through a temp file + rename, so what was written before is intact and a rerun of
+    the same command resumes from the last checkpoint.
+    """
+    return UserError(
+        f"cannot write {fpath} ({error.strerror or error}); the files written before it (earlier checkpoints "
+        "included) are intact: free some space (or fix the permissions) and run the same command again to resume"
+    )
+
+
 def atomic_write_text(text: str, fpath: str) -> None:
     """Write ``text`` to ``fpath`` through a temp file in the same folder and ``os.replace``.
 
-    Readers never see a half-written file, even if the process dies mid-write.
+    Readers never see a half-written file, even if the process dies mid-write. The file gets the mode that ``open``
+    gives (``0666 & ~umask``); a failed write (e.g. a full disk) raises ``write_failed``'s ``UserError``.
     """
     mkdir_if_missing(osp.dirname(osp.abspath(fpath)))
     tmp = temp_path_beside(fpath)
@@ -115,6 +129,8 @@ def atomic_write_text(text: str, fpath: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, fpath)
+    except OSError as e:
+        raise write_failed(fpath, e) from None
     finally:
         if osp.exists(tmp):
             os.remove(tmp)

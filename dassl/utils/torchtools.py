@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .tools import atomic_write_text, mkdir_if_missing, temp_path_beside
+from .tools import atomic_write_text, mkdir_if_missing, temp_path_beside, write_failed
 
 __all__ = [
     "atomic_torch_save",
@@ -36,11 +36,18 @@ __all__ = [
 
 
 def atomic_torch_save(obj: Any, fpath: str) -> None:
-    """``torch.save`` to a temp file beside ``fpath``, then ``os.replace`` (no half-written file ever)."""
+    """``torch.save`` to a temp file beside ``fpath``, then ``os.replace`` (no half-written file ever).
+
+    Saved through an open file (mode ``0666 & ~umask``), so a full disk surfaces as ``OSError`` (given a path, torch's
+    own writer reports "unexpected pos"), turned into the one-line ``write_failed`` error.
+    """
     tmp = temp_path_beside(fpath)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, fpath)
+    except OSError as e:
+        raise write_failed(fpath, e) from None
     finally:
         if osp.exists(tmp):
             os.remove(tmp)

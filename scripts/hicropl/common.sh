@@ -3,7 +3,7 @@
 # Environment (all optional):
 #   DATA        dataset root, passed as --root (default: <repo>/data; a relative path is taken from the caller's cwd)
 #   OUTPUT      output root of the layout below (default: <repo>/output; relative: from the caller's cwd)
-#   PYTHON      interpreter (default: python)
+#   PYTHON      interpreter (default: the repo's .venv/bin/python if it exists, else python)
 #   EXTRA_OPTS  extra "KEY VALUE ..." config overrides appended to every train.py call, split on whitespace
 #               (no quoting: write values without spaces, e.g. INPUT.SIZE "(32,32)"); trailing KEY VALUE arguments
 #               of a script are appended after them, so they win
@@ -29,7 +29,11 @@ set -euo pipefail
 CALLER_PWD="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-PYTHON="${PYTHON:-python}"
+# The repo's virtual environment when it exists (make install / make test create it), so that the scripts work from
+# a fresh clone without activating it.
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON="$PWD/.venv/bin/python"; else PYTHON=python; fi
+fi
 TRAINER="${TRAINER:-HiCroPL}"
 
 die() {
