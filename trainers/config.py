@@ -13,6 +13,7 @@ from yacs.config import CfgNode as CN
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 MAPPER_MODES = ("released", "differentiable")
 ZS_CLASSIFIERS = ("template", "descriptions")
+EVAL_FEATURE_CACHES = ("disk", "memory", "off")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
@@ -56,6 +57,11 @@ def add_trainer_cfg(cfg: CN) -> None:
     # for large class counts (the text side runs over all classes every step). Measured (scripts/benchmark.py,
     # random:ViT-B/16, 1000 classes, batch 4, CPU fp32): peak memory 4.6 -> 3.0 GB, step time +30%.
     cfg.TRAINER.HICROPL.TEXT_CHECKPOINTING = False
+    # Frozen teacher image features of an evaluation set, computed once and reused by later evaluations of the same
+    # set (one image pass instead of two; same logits), one of EVAL_FEATURE_CACHES: "disk" (in memory for the run
+    # and in $HICROPL_CACHE_DIR/teacher_features/, so later runs and seeds reuse them), "memory" (this run only),
+    # "off" (the teacher runs on every evaluation batch, as released). Key: see README "Evaluation feature cache".
+    cfg.TRAINER.HICROPL.CACHE_EVAL_FEATURES = "disk"
 
     cfg.TRAINER.ZSCLIP = CN()
     # Zero-shot classifier, one of ZS_CLASSIFIERS: "template" (CoOp's hand-crafted per-dataset sentence) or

@@ -24,6 +24,7 @@ import tempfile
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -38,7 +39,8 @@ from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import UserError
 from descriptions import description_file, load_descriptions, too_long_for_context
-from trainers.config import MAPPER_MODES, PRECISIONS
+from trainers.config import EVAL_FEATURE_CACHES, MAPPER_MODES, PRECISIONS
+from trainers.feature_cache import FeatureTable, feature_key, image_list_digest, process_shard, state_digest
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Precision and config validation
@@ -83,6 +85,9 @@ def check_hicropl_cfg(
     """
     if hc.PREC not in PRECISION_TABLE:
         raise UserError(f"TRAINER.HICROPL.PREC is {hc.PREC!r}; choose one of {', '.join(PRECISIONS)}")
+    if hc.CACHE_EVAL_FEATURES not in EVAL_FEATURE_CACHES:
+        raise UserError(f"TRAINER.HICROPL.CACHE_EVAL_FEATURES is {hc.CACHE_EVAL_FEATURES!r}; "
+                        f"choose one of {', '.join(EVAL_FEATURE_CACHES)}")
     if hc.MAPPER_MODE not in MAPPER_MODES:
         raise UserError(f"TRAINER.HICROPL.MAPPER_MODE is {hc.MAPPER_MODE!r}; choose one of {', '.join(MAPPER_MODES)}")
     if hc.N_CTX < 1:
@@ -132,14 +137,8 @@ def cache_dir() -> Path:
 def _text_tower_digest(clip_model: CLIP) -> str:
     """SHA-256 of every weight the text features depend on (all of CLIP except the image tower) and of the
     architecture, whose head counts and activation are not in the weights (open_clip's ViT-B-16 vs -quickgelu)."""
-    digest = hashlib.sha256(repr(clip_model.config).encode())
-    for name, tensor in sorted(clip_model.state_dict().items()):
-        if name.startswith("visual."):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return state_digest(((name, tensor) for name, tensor in clip_model.state_dict().items()
+                         if not name.startswith("visual.")), header=repr(clip_model.config))
 
 
 @torch.no_grad()
@@ -499,6 +498,9 @@ class CustomCLIP(nn.Module):
     # recomputes them for every batch, as the released code does (the naive path of scripts/benchmark.py): same
     # logits for the first batch, but in MAPPER_MODE released every extra call re-maps the prompts in place.
     cache_eval_text: bool = True
+    # Teacher features of the evaluation set being evaluated, one row per image index (set by ``HiCroPL.test``
+    # for one evaluation); None: the teacher runs on every batch.
+    eval_features: Optional[FeatureTable] = None
 
     def __init__(
         self,
@@ -558,19 +560,28 @@ class CustomCLIP(nn.Module):
             self._eval_cache = ([p.detach() for p in visual_prompts], text_features.detach())
         return visual_prompts, text_features
 
-    def forward_features(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image (B, 3, R, R) -> logits (B, n_cls), f_img (B, d), V (B, d), f_txt (n_cls, d)."""
+    def forward_features(
+        self, image: torch.Tensor, index: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """image (B, 3, R, R) -> logits (B, n_cls), f_img (B, d), V (B, d), f_txt (n_cls, d).
+
+        index (B,): the images' positions in the evaluation set; in eval mode with ``eval_features`` set, V of
+        images seen before comes from that table instead of the teacher."""
         with self.precision.autocast_context(image.device.type):
             visual_prompts, text_features = self.prompts_and_text_features()
-            teacher = self.teacher_features(image)
+            if self.training or self.eval_features is None or index is None:
+                teacher = self.teacher_features(image)
+            else:
+                teacher = self.eval_features.features_for(index, lambda: self.teacher_features(image))
             image_features = fuse(self.clip_model.encode_image(image, visual_prompts), teacher)
             logits = self.clip_model.logit_scale.exp() * image_features @ text_features.t()
         return logits.float(), image_features, teacher, text_features
 
-    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False):
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False,
+                index: Optional[torch.Tensor] = None):
         """With ``label``: the scalar loss of SPEC §4.3 (and its terms if ``return_terms``); without: logits
-        (B, n_cls) float32."""
-        logits, image_features, teacher, text_features = self.forward_features(image)
+        (B, n_cls) float32. ``index``: see ``forward_features``."""
+        logits, image_features, teacher, text_features = self.forward_features(image, index)
         if label is None:
             return logits
         loss, terms = hicropl_loss(logits, label, image_features, teacher, text_features, self.frozen_text, self.lambd)
@@ -699,3 +710,68 @@ class HiCroPL(TrainerX):
 
     def parse_batch_train(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    # --- evaluation: the teacher's features of an evaluation set are computed once ----------------------------------
+
+    def parse_batch_test(self, batch: Mapping[str, torch.Tensor]):
+        """((image (B, 3, R, R), index (B,) or None), label (B,)): the index names the images for the cache."""
+        image, label = super().parse_batch_test(batch)
+        return (image, batch.get("index")), label
+
+    def model_inference(self, input) -> torch.Tensor:
+        """Logits (B, n_cls) of ``(image, index)`` from ``parse_batch_test`` or of an image batch alone."""
+        image, index = input if isinstance(input, tuple) else (input, None)
+        return self.model(image, index=index)
+
+    def test(self, split: Optional[str] = None) -> float:
+        """The engine's evaluation, with the evaluation set's teacher-feature table in the model (saved after)."""
+        model = self._models[self.model_name]
+        model.eval_features = table = self.eval_feature_table(split)
+        try:
+            result = super().test(split)
+        finally:
+            model.eval_features = None
+        if table is not None:
+            table.save()
+        return result
+
+    @cached_property
+    def eval_feature_tables(self) -> Dict[str, FeatureTable]:
+        """split name -> the teacher-feature table of its evaluation set (replaced when the set's key changes)."""
+        return {}
+
+    @cached_property
+    def teacher_digest(self) -> str:
+        """SHA-256 of the frozen teacher's image tower as it runs (weights after the precision's conversion, and the
+        architecture, whose head counts and activation are not in the weights)."""
+        model = self._models[self.model_name]
+        teacher = model.teacher if model.teacher is not None else model.clip_model
+        return state_digest(teacher.visual.state_dict().items(), header=repr(teacher.config))
+
+    def eval_feature_table(self, split: Optional[str]) -> Optional[FeatureTable]:
+        """The teacher-feature table of the set ``test(split)`` evaluates; None with CACHE_EVAL_FEATURES off.
+
+        Keyed by the teacher's weights, the ordered image files (path, size, mtime), the test transform and input
+        settings, PREC, the device type, the torch version and this process's shard (rank, world size)."""
+        hc = self.cfg.TRAINER.HICROPL
+        split, loader = self.eval_loader(split)
+        data_source = getattr(loader.dataset, "data_source", None)
+        if hc.CACHE_EVAL_FEATURES == "off" or data_source is None:  # None: not a Dassl DatasetWrapper
+            return None
+        inputs = self.cfg.INPUT
+        key = feature_key({
+            "teacher": self.teacher_digest,
+            "images": image_list_digest([item.impath for item in data_source]),
+            "transform": repr(loader.dataset.transform),
+            "input": [inputs.SIZE, inputs.INTERPOLATION, inputs.PIXEL_MEAN, inputs.PIXEL_STD, inputs.TRANSFORMS],
+            "prec": hc.PREC,
+            "device": self.device.type,
+            "shard": process_shard(),
+        })
+        table = self.eval_feature_tables.get(split)
+        if table is None or table.key != key:
+            folder = cache_dir() / "teacher_features" if hc.CACHE_EVAL_FEATURES == "disk" else None
+            embed_dim = self._models[self.model_name].clip_model.embed_dim
+            table = FeatureTable.open(key, len(data_source), embed_dim, folder, self.device, "Teacher features")
+            self.eval_feature_tables[split] = table
+        return table
