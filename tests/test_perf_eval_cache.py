@@ -211,3 +211,15 @@ def test_a_writer_killed_mid_write_leaves_no_file_that_is_read(tmp_path, capsys)
     table.save()
     rows = FeatureTable.open("k", 4, 3, tmp_path, torch.device("cpu")).features_for(torch.tensor([3, 1]), None)
     assert calls == [1] and torch.equal(rows, torch.full((2, 3), 5.0))
+
+
+def test_an_unknown_cache_mode_is_one_clear_error():
+    from dassl.config import get_cfg_default
+    from dassl.utils import UserError
+    from train import extend_cfg
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.TRAINER.HICROPL.CACHE_EVAL_FEATURES = "yes"
+    with pytest.raises(UserError, match=r"^TRAINER.HICROPL.CACHE_EVAL_FEATURES is 'yes'; choose one of disk, memory, off$"):
+        trainers.hicropl.check_hicropl_cfg(cfg.TRAINER.HICROPL)

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,7 +39,14 @@ from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import UserError
 from descriptions import description_file, load_descriptions, too_long_for_context
 from trainers.config import EVAL_FEATURE_CACHES, MAPPER_MODES, PRECISIONS
-from trainers.feature_cache import FeatureTable, feature_key, image_list_digest, process_shard, state_digest
+from trainers.feature_cache import (
+    FeatureTable,
+    atomic_torch_save,
+    feature_key,
+    image_list_digest,
+    process_shard,
+    state_digest,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Precision and config validation
@@ -180,19 +186,11 @@ def frozen_text_features(clip_model: CLIP, sentences: Sequence[Sequence[str]]) -
             problem = f"cannot be read ({type(e).__name__})"
         print(f"Frozen text features W: the cache {path} {problem}; recomputing it")
     weights = encode_descriptions(clip_model, sentences)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(weights.cpu(), f)
-        os.replace(tmp, path)
+        atomic_torch_save(weights.cpu(), path)
         print(f"Frozen text features W: {sum(map(len, sentences))} sentences encoded, cached at {path}")
     except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer on a full disk
         print(f"Frozen text features W: could not write the cache {path} ({e}); continuing without it")
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
     return weights
 
 
