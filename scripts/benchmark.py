@@ -427,7 +427,8 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda but CUDA is not available; use --device cpu")
     if min(args.classes + [args.batch_size, args.eval_batch_size, args.repeats, args.epochs, args.epoch_steps]) < 1:
-        sys.exit("error: --classes, --batch-size, --eval-batch-size, --repeats, --epochs and --epoch-steps must be >= 1")
+        sys.exit("error: --classes, --batch-size, --eval-batch-size, --repeats, --epochs and --epoch-steps "
+                 "must be >= 1")
     eval_images = args.eval_images or 10 * args.eval_batch_size
     naive_eval_images = args.naive_eval_images or eval_images
     # CPU: one process per phase, so that each peak RSS is that phase's alone. CUDA: the peak can be reset.

@@ -69,7 +69,8 @@ def make_trainer(data_root, output_dir, *opts):
         trainer.evaluations.append({"split": split, "teacher_calls": 0, "logits": []})
         return test(split)
 
-    model.teacher_features, trainer.model_inference, trainer.test = counting_teacher, recording_inference, recording_test
+    model.teacher_features = counting_teacher
+    trainer.model_inference, trainer.test = recording_inference, recording_test
     return trainer
 
 
@@ -221,5 +222,6 @@ def test_an_unknown_cache_mode_is_one_clear_error():
     cfg = get_cfg_default()
     extend_cfg(cfg)
     cfg.TRAINER.HICROPL.CACHE_EVAL_FEATURES = "yes"
-    with pytest.raises(UserError, match=r"^TRAINER.HICROPL.CACHE_EVAL_FEATURES is 'yes'; choose one of disk, memory, off$"):
+    message = r"^TRAINER.HICROPL.CACHE_EVAL_FEATURES is 'yes'; choose one of disk, memory, off$"
+    with pytest.raises(UserError, match=message):
         trainers.hicropl.check_hicropl_cfg(cfg.TRAINER.HICROPL)

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -711,12 +711,14 @@ class HiCroPL(TrainerX):
 
     # --- evaluation: the teacher's features of an evaluation set are computed once ----------------------------------
 
-    def parse_batch_test(self, batch: Mapping[str, torch.Tensor]):
+    def parse_batch_test(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> Tuple[Tuple[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]:
         """((image (B, 3, R, R), index (B,) or None), label (B,)): the index names the images for the cache."""
         image, label = super().parse_batch_test(batch)
         return (image, batch.get("index")), label
 
-    def model_inference(self, input) -> torch.Tensor:
+    def model_inference(self, input: Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]) -> torch.Tensor:
         """Logits (B, n_cls) of ``(image, index)`` from ``parse_batch_test`` or of an image batch alone."""
         image, index = input if isinstance(input, tuple) else (input, None)
         return self.model(image, index=index)
@@ -752,7 +754,11 @@ class HiCroPL(TrainerX):
         Keyed by the teacher's weights, the ordered image files (path, size, mtime), the test transform and input
         settings, PREC, the device type, the torch version and this process's shard (rank, world size)."""
         hc = self.cfg.TRAINER.HICROPL
-        split, loader = self.eval_loader(split)
+        # Dassl's rule for the set test(split) reads (also on the real Dassl, which has no eval_loader()).
+        if (split or self.cfg.TEST.SPLIT) == "val" and self.val_loader is not None:
+            split, loader = "val", self.val_loader
+        else:
+            split, loader = "test", self.test_loader
         data_source = getattr(loader.dataset, "data_source", None)
         if hc.CACHE_EVAL_FEATURES == "off" or data_source is None:  # None: not a Dassl DatasetWrapper
             return None
