@@ -4,6 +4,7 @@
     python scripts/benchmark.py --classes 1000 --phases eval --eval-batch-size 16 --eval-images 160
     python scripts/benchmark.py --device cuda --prec fp16 amp bf16 fp32 --classes 100 1000 \\
         --batch-size 32 --eval-batch-size 500 --out bench.json
+    python scripts/benchmark.py --phases epoch --epochs 3 --epoch-steps 2 --eval-images 48   # the evaluation cache
 
 What is measured, per (class count, precision, path):
   train  one optimisation step as ``HiCroPL.forward_backward`` does it: forward (prompt learner, text tower over all
@@ -12,7 +13,8 @@ What is measured, per (class count, precision, path):
          disturbed).
   eval   one full evaluation of N images (``--eval-images``) in batches of ``--eval-batch-size``: eval mode, no
          grad, logits of every batch, including the once-per-evaluation prompt-learner and text pass. Reported as
-         images/s (median over ``--repeats`` evaluations, after a one-batch warm-up).
+         images/s (median over ``--repeats`` evaluations, after a one-batch warm-up). Without the evaluation
+         feature cache: every evaluation runs the teacher (the cache's gain is measured by ``epoch``).
   epoch  a realistic epoch, ``--epochs`` times: ``--epoch-steps`` training steps, then one evaluation of N images
          (``--eval-images``), as a training run with validation every epoch does. The optimised path runs it
          with and without the evaluation feature cache (``TRAINER.HICROPL.CACHE_EVAL_FEATURES``: the frozen

@@ -86,19 +86,23 @@ def assert_same_logits(a, b):
 
 def test_cached_evaluations_give_the_logits_of_uncached_ones(data_root, tmp_path, cache_dir):
     runs = {}
-    for mode in ("off", "disk"):
+    for mode in ("off", "memory", "disk"):
         trainer = make_trainer(data_root, tmp_path / mode, "OPTIM.MAX_EPOCH", 2,
                                "TRAINER.HICROPL.CACHE_EVAL_FEATURES", mode)
         trainer.train()
         runs[mode] = trainer
-    off, disk = runs["off"], runs["disk"]
+    off, memory, disk = runs["off"], runs["memory"], runs["disk"]
     assert [e["split"] for e in disk.evaluations] == ["val", "val", None]
-    for a, b in zip(off.evaluations, disk.evaluations):
-        assert_same_logits(a["logits"], b["logits"])
     batches = [len(e["logits"]) for e in off.evaluations]
     assert teacher_calls(off) == batches
-    assert teacher_calls(disk) == [batches[0], 0, batches[2]]  # epoch 2 reuses epoch 1's val features
-    assert len(list(cache_dir.glob("*.pt"))) == 2  # val and test sets
+    for cached in (memory, disk):
+        for a, b in zip(off.evaluations, cached.evaluations):
+            assert_same_logits(a["logits"], b["logits"])
+        assert teacher_calls(cached) == [batches[0], 0, batches[2]]  # epoch 2 reuses epoch 1's val features
+    assert len(list(cache_dir.glob("*.pt"))) == 2  # val and test sets; "memory" wrote nothing
+    memory.val_loader = memory.test_loader  # a dataset whose val set is its test set (ImageNet): one table
+    memory.test("val")
+    assert teacher_calls(memory)[-1] == 0
 
     rerun = make_trainer(data_root, tmp_path / "rerun", "TRAINER.HICROPL.CACHE_EVAL_FEATURES", "disk")
     rerun.load_model(str(tmp_path / "disk"))

@@ -737,7 +737,12 @@ class HiCroPL(TrainerX):
 
     @cached_property
     def eval_feature_tables(self) -> Dict[str, FeatureTable]:
-        """split name -> the teacher-feature table of its evaluation set (replaced when the set's key changes)."""
+        """key -> teacher-feature table, for the keys the splits last evaluated (val and test may share one)."""
+        return {}
+
+    @cached_property
+    def eval_feature_keys(self) -> Dict[str, str]:
+        """split name -> key of the set it evaluated last."""
         return {}
 
     @cached_property
@@ -772,10 +777,12 @@ class HiCroPL(TrainerX):
             "device": self.device.type,
             "shard": process_shard(),
         })
-        table = self.eval_feature_tables.get(split)
-        if table is None or table.key != key:
+        self.eval_feature_keys[split] = key
+        for stale in set(self.eval_feature_tables) - set(self.eval_feature_keys.values()):
+            del self.eval_feature_tables[stale]  # a set that changed (e.g. rewritten images): free its rows
+        if key not in self.eval_feature_tables:
             folder = cache_dir() / "teacher_features" if hc.CACHE_EVAL_FEATURES == "disk" else None
             embed_dim = self._models[self.model_name].clip_model.embed_dim
-            table = FeatureTable.open(key, len(data_source), embed_dim, folder, self.device, "Teacher features")
-            self.eval_feature_tables[split] = table
-        return table
+            self.eval_feature_tables[key] = FeatureTable.open(
+                key, len(data_source), embed_dim, folder, self.device, "Teacher features")
+        return self.eval_feature_tables[key]
