@@ -34,7 +34,7 @@ from yacs.config import CfgNode as CN
 
 import datasets  # noqa: F401  (registers every dataset)
 import trainers  # noqa: F401  (registers every trainer)
-from clip import CLIPLoadError
+from clip import CLIPCallError, CLIPLoadError
 from dassl.config import get_cfg_default, merge_from_file_checked, merge_from_list_checked
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
@@ -51,7 +51,7 @@ from dassl.utils import (
     set_random_seed,
     setup_logger,
 )
-from dassl.utils.tools import temp_path_beside
+from dassl.utils.tools import atomic_write_text, temp_path_beside
 from trainers.config import add_trainer_cfg
 
 
@@ -161,6 +161,17 @@ def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
                     "point it at the --output-dir of a training run")
 
 
+# The full merged config of a run, written into its output dir (read back by predict.py).
+CONFIG_FILE = "config.yaml"
+
+
+def save_config(cfg: CN, replace: bool = True) -> None:
+    """Write ``cfg`` to ``<OUTPUT_DIR>/config.yaml`` atomically (rank 0); ``replace=False`` keeps an existing one."""
+    path = osp.join(cfg.OUTPUT_DIR, CONFIG_FILE)
+    if is_main_process() and (replace or not osp.exists(path)):
+        atomic_write_text(cfg.dump(), path)
+
+
 def main(args: argparse.Namespace) -> None:
     if args.list_trainers or args.list_datasets:
         names = TRAINER_REGISTRY.registered_names() if args.list_trainers else DATASET_REGISTRY.registered_names()
@@ -198,11 +209,16 @@ def main(args: argparse.Namespace) -> None:
                 f"has learned weights ({', '.join(trainer.get_model_names())})"
             )
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        save_config(cfg, replace=False)  # evaluating a training run in place keeps that run's config
         trainer.test()
         return
 
     if not args.no_train:
+        resume_dir = cfg.RESUME or cfg.OUTPUT_DIR
+        if not glob.glob(osp.join(glob.escape(resume_dir), "*", "checkpoint")):
+            save_config(cfg)  # a fresh run: its checkpoints are usable (predict.py) while it trains
         trainer.train()
+        save_config(cfg)  # after a resume only once it succeeded: a refused resume replaces nothing
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -267,7 +283,7 @@ def fail(message: str, status: int) -> NoReturn:
 if __name__ == "__main__":
     try:
         main(build_parser().parse_args())
-    except (UserError, CLIPLoadError) as e:  # bad input: config, flags, files, weights
+    except (UserError, CLIPLoadError, CLIPCallError) as e:  # bad input: config, flags, files, weights, CLIP calls
         fail(one_line(e), 2)
     except NonFiniteLossError as e:  # the run diverged
         fail(one_line(e), 3)

@@ -9,11 +9,23 @@ tensors; *where* prompt tokens sit in the sequence is fixed when the tower build
 
 Parameter names, shapes and the layout of the state dict are those of OpenAI's released checkpoints, so
 `build_model(state_dict)` loads them strictly. Tensors are batch-first: (batch, tokens, width).
+
+openai-clip's call conventions hold where code written against openai-clip (CoOp-family trainers) uses them:
+`model.transformer(x)` and `model.visual.transformer(x)` take and return sequence-first tensors (L, N, D), exactly
+as openai-clip's do; module attribute names (`transformer`, `token_embedding`, `positional_embedding`, `ln_final`,
+`text_projection`, `visual`, `logit_scale`, `dtype`) are openai-clip's; `convert_weights(model)` casts to fp16.
+Our prompt-aware path is explicit and batch-first: `encode_text(text, prompts=...)`, `encode_image(image,
+prompts=...)`, `Transformer.forward_batch_first(x, prompts)`. Calls this CLIP cannot honour (e.g. MaPLe's
+`transformer([x, deep_prompts, counter])`, meant for its own patched CLIP) raise `CLIPCallError`, one line naming
+the calling file. The blocks (`transformer.resblocks[i]`) are batch-first; code that calls them one by one needs
+its own CLIP.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple, Union
@@ -24,6 +36,27 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 Prompts = Optional[Sequence[Optional[torch.Tensor]]]
+
+_CLIP_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+class CLIPCallError(TypeError):
+    """Code calls this CLIP in a way it cannot honour (e.g. an input meant for another project's patched CLIP).
+    The message is one line naming the calling file and what to do; `train.py` prints it as ``error: <message>``."""
+
+
+def calling_file() -> str:
+    """``path:line`` of the innermost frame outside clip/ and torch/: the code that called into this CLIP."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith((_CLIP_DIR + os.sep, _TORCH_DIR + os.sep)):
+            relative = os.path.relpath(path)
+            return f"{path if relative.startswith('..') else relative}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown file>"
+
 
 # Keys that OpenAI's TorchScript archives carry next to the weights; they hold no parameters.
 _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -238,7 +271,32 @@ class Transformer(nn.Module):
             return torch.cat([x[:, :1], prompt, x[:, 1 + n_prompt:]], dim=1)
         return torch.cat([x[:, :-n_prompt], prompt], dim=1)
 
-    def forward(self, x: torch.Tensor, prompts: Prompts = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *unsupported: object) -> torch.Tensor:
+        """openai-clip's call: x (L, N, D) sequence-first -> (L, N, D) sequence-first, no prompts.
+
+        What CoOp-family code does around `clip_model.transformer(x.permute(1, 0, 2))`. Anything else (a MaPLe-style
+        list [x, deep_prompts, counter], more arguments, a wrong shape) raises `CLIPCallError` naming the caller.
+        """
+        if unsupported:
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with {1 + len(unsupported)} arguments; like openai-clip's "
+                "it takes one sequence-first tensor (L, N, D). Per-layer prompts go through the batch-first "
+                "transformer.forward_batch_first(x, prompts) or encode_text/encode_image(..., prompts=...)")
+        if not isinstance(x, torch.Tensor):
+            kind = type(x).__name__
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with a {kind}, not a tensor (L, N, {self.width}) as "
+                "openai-clip's takes; a list such as [x, deep_prompts, counter] is meant for another project's "
+                "patched CLIP (MaPLe-style). Pass per-layer prompts with encode_text(text, prompts=...) / "
+                "encode_image(image, prompts=...), or ship that method's own CLIP module with the trainer")
+        if x.dim() != 3 or x.shape[-1] != self.width:
+            raise CLIPCallError(
+                f"{calling_file()} calls the CLIP transformer with shape {tuple(x.shape)}; it takes (L, N, "
+                f"{self.width}) sequence-first, as openai-clip's does (permute a batch-first (N, L, D) with "
+                "x.permute(1, 0, 2))")
+        return self.forward_batch_first(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward_batch_first(self, x: torch.Tensor, prompts: Prompts = None) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D). prompts[i], if given and not None, replaces the prompt tokens at the input
         of block i (blocks at index >= len(prompts) get no replacement)."""
         for index, block in enumerate(self.resblocks):
@@ -341,7 +399,7 @@ class VisionTransformer(nn.Module):
         if n_prompt:
             x = torch.cat([x, _per_sample(prompts[0], batch).to(x.dtype)], dim=1)
         x = self.ln_pre(x)
-        x = self.transformer(x, None if not n_prompt else [None, *prompts[1:]])
+        x = self.transformer.forward_batch_first(x, None if not n_prompt else [None, *prompts[1:]])
         return self.ln_post(x[:, 0, :]) @ self.proj
 
 
@@ -553,7 +611,7 @@ class CLIP(nn.Module):
         if n_prompt and prompts[0] is not None:
             x = self.transformer.replace_prompt_tokens(x, prompts[0])
         x = x + self.positional_embedding[:length].to(self.dtype)
-        x = self.transformer(x, None if not n_prompt else [None, *prompts[1:]])
+        x = self.transformer.forward_batch_first(x, None if not n_prompt else [None, *prompts[1:]])
         x = self.ln_final(x)
         return x[torch.arange(batch, device=x.device), eot] @ self.text_projection
 
@@ -583,8 +641,9 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-def convert_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast matmul and conv weights (and the two projection matrices) to dtype, in place, as CLIP does for fp16.
+def convert_weights(model: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
+    """Cast matmul and conv weights (and the two projection matrices) to dtype (default fp16, as openai-clip's
+    one-argument `convert_weights(model)`), in place.
 
     LayerNorms, BatchNorms, embeddings, [CLS]/positional embeddings and logit_scale stay float32; `LayerNorm` and
     `BatchNorm2d` compute in float32 and cast back, so an fp16 model runs end to end. Returns model.
@@ -650,7 +709,8 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig
 
 def build_model(state_dict: Mapping[str, torch.Tensor]) -> CLIP:
     """Build a float32 CLIP from an OpenAI-layout state dict (strict: every key must match). Returns train mode,
-    like any freshly built module; `clip.load` puts it in eval mode."""
+    like any freshly built module; `clip.load` puts it in eval mode. openai-clip's `build_model` (fp16 weights,
+    eval mode) is `clip.clip.build_model`, the one CoOp-family code calls."""
     # Own float32 copies: the model must not alias the caller's tensors (fp32 inputs would otherwise be shared).
     state_dict = {key: value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
                   for key, value in state_dict.items() if key not in _NON_WEIGHT_KEYS}

@@ -154,18 +154,27 @@ def _download(url: str, target: Path, sha256: str) -> None:
 
 def fetch(name: str, download_root: Union[str, os.PathLike, None] = None) -> Path:
     """Path of the verified checkpoint of OpenAI model `name` in the cache, downloading it if needed."""
-    url = MODEL_URLS[name]
+    return fetch_url(MODEL_URLS[name], download_root, name)
+
+
+def fetch_url(url: str, download_root: Union[str, os.PathLike, None] = None, name: str = "") -> Path:
+    """Path of the verified file of `url` (whose second-to-last path component is its SHA256) in the cache,
+    `cache_dir(download_root) / basename(url)`, downloading it if needed. name: what the messages call it."""
+    name = name or os.path.basename(url)
+    offline = is_offline() and not url.startswith("file:")  # a file:// URL needs no network
     sha256 = url.split("/")[-2]
     target = cache_dir(download_root) / os.path.basename(url)
+    if target.exists() and not target.is_file():
+        raise WeightsFileError(f"{target} exists and is not a regular file; remove it so that {name} can be cached")
     if target.is_file():
         actual = _sha256(target)
         if actual == sha256:
             return target
-        if is_offline():
+        if offline:
             raise ChecksumError(f"the cached {name} weights {target} have SHA256 {actual}, expected {sha256}; "
                                 f"replace the file with {url} (offline mode is on: {OFFLINE_ENV}=1)")
         warnings.warn(f"the cached {name} weights {target} have SHA256 {actual}, expected {sha256}; re-downloading")
-    elif is_offline():
+    elif offline:
         raise MissingWeightsError(f"CLIP {name} weights are not cached and offline mode is on ({OFFLINE_ENV}=1): "
                                   f"download {url} and place it at {target}")
     _download(url, target, sha256)

@@ -27,8 +27,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from common.errors import MissingFileError, UserError
 from dassl.data.datasets import Datum, DatasetBase
-from dassl.utils import MissingFileError, UserError, listdir_nohidden, read_json
+from dassl.utils import listdir_nohidden, read_json
 
 DOC_FILE = "DATASETS.md"
 SPLIT_FEWSHOT_DIR = "split_fewshot"

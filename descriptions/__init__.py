@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
-from dassl.utils import UserError
+from common.errors import UserError
 
 DESCRIPTIONS_DIR = Path(__file__).resolve().parent
 

@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from dassl.utils import UserError  # noqa: E402
+from common.errors import UserError  # noqa: E402
 from descriptions import description_key  # noqa: E402  (the key HiCroPL looks a class up by, SPEC §4.2)
 
 # The whole request sent for one class. `{n}` = --n-sentences, `{classname}` = the key written to the file,

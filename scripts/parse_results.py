@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/parse_results.py [OUTPUT_ROOT] [--protocol base2new|fewshot|xd|dg|all] [--csv] [--plot PNG]
-                                    [--datasets ID ...] [--source ID]
+    python scripts/parse_results.py [OUTPUT_ROOT] [--protocol base2new|fewshot|xd|dg|all|ablation] [--csv]
+                                    [--plot PNG] [--datasets ID ...] [--source ID] [--tables TABLE ...]
 
 Tables (rows = the paper's datasets, or ``--datasets``; missing cells are shown as ``-``):
 
@@ -14,6 +14,10 @@ Tables (rows = the paper's datasets, or ``--datasets``; missing cells are shown 
 - ``fewshot`` (Table 14): accuracy per K; the Average row is the mean over the datasets that have that K.
 - ``xd`` (Table 2) and ``dg`` (Table 3): accuracy on the source (test after training) and on each target
   (eval-only runs); Average = mean over the targets.
+- ``ablation`` (Tables 4-7, 11-13, Fig. 4; not part of ``all``): one table per ablation (``--tables``, default
+  all), one line per row of ``scripts/ablations.py`` in the paper's order: the base-to-novel Average (base, novel,
+  HM of the two) of the row's tree ``ablation/<row>/`` written by ``scripts/hicropl/ablation.sh``, beside the
+  paper's row. The paper's rows average all 11 datasets: Δ is shown only where ours does too.
 
 Per cell: mean +- standard deviation over the seeds found (``seed<S>`` folders). The standard deviation is the
 POPULATION one (ddof = 0), as CoOp-family ``parse_test_res.py`` prints it (numpy's default); with a single seed
@@ -31,6 +35,7 @@ has its final test result in results.json; ``scripts/hicropl/*.sh`` use it to sk
 import argparse
 import csv
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -188,10 +193,11 @@ class Cell:
     paper: Optional[float] = None
     seeds: Tuple[int, ...] = ()
     n_of: Optional[int] = None  # average cells: number of datasets the average should cover
+    comparable: bool = True  # False: the paper's number covers other datasets than ours (no difference shown)
 
     @property
     def diff(self) -> Optional[float]:
-        return None if self.mean is None or self.paper is None else self.mean - self.paper
+        return None if self.mean is None or self.paper is None or not self.comparable else self.mean - self.paper
 
 
 def seed_cell(per_seed: Dict[int, float], paper: Optional[float]) -> Cell:
@@ -256,6 +262,9 @@ class Table:
     rows: List[Row]
     transposed: bool = False  # xd/dg: datasets as columns, "ours / paper / diff" as rows (the paper's layout)
     notes: List[str] = field(default_factory=list)
+    row_header: str = "Dataset"
+    paper_note: str = ("Paper column of an Average over some of the datasets: the paper's numbers averaged over the "
+                       "same datasets.")
 
 
 def load_paper(path: str = PAPER_FILE) -> Dict[str, Any]:
@@ -388,6 +397,38 @@ def transfer_table(name: str, root: str, paper: Dict[str, Any], targets: Sequenc
                  notes=also_found_note(extra))
 
 
+def load_ablations() -> Dict[str, Any]:
+    """``ABLATIONS`` of scripts/ablations.py (table id -> (title, rows)), loaded by path (scripts/ is no package)."""
+    path = osp.join(osp.dirname(osp.abspath(__file__)), "ablations.py")
+    spec = importlib.util.spec_from_file_location("ablations", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ABLATIONS
+
+
+def ablation_table(table_id: str, root: str, paper: Dict[str, Any], datasets: Sequence[str],
+                   trainer: str = TRAINER, config: Optional[str] = None) -> Table:
+    """One ablation table: per row, the base-to-novel Average of ``root/ablation/<row>`` beside the paper's row."""
+    title, rows_def = load_ablations()[table_id]
+    paper_rows = paper.get("ablation", {}).get(table_id, {})
+    rows = []
+    for row_id, label, _ in rows_def:
+        *per_dataset, average = base2new_table(osp.join(root, "ablation", row_id), {}, datasets, trainer,
+                                               config).rows
+        seeds = tuple(sorted({s for row in per_dataset for c in row.cells.values() for s in c.seeds}))
+        ref = paper_rows.get(row_id, {})
+        comparable = set(datasets) == set(B2N_DATASETS) and all(
+            c.n == c.n_of for c in average.cells.values() if c.mean is not None)
+        cells = {key: Cell(c.mean, None, c.n, ref.get(key), seeds, c.n_of, comparable)
+                 for key, c in average.cells.items()}
+        rows.append(Row(row_id, label.replace("|", "\\|"), cells))  # a literal bar in a markdown cell
+    notes = [f"Average over {len(datasets)} dataset(s) ({', '.join(datasets)}): base and novel averaged over the "
+             "datasets that have both, HM of those averages; rows from <root>/ablation/<row>/ (scripts/ablations.py)."]
+    return Table(f"ablation_{table_id}", title, [("base", "Base"), ("novel", "Novel"), ("hm", "HM")], rows,
+                 notes=notes, row_header="Row",
+                 paper_note="Paper column: the paper's average over its 11 datasets (Δ only where ours covers them).")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------------------------------
@@ -437,7 +478,7 @@ def markdown_lines(table: Table) -> List[str]:
         lines.append("| HiCroPL (paper) | " + " | ".join(fmt(c.paper) for c in cells) + " |")
         lines.append("| ours - paper | " + " | ".join(fmt(c.diff, signed=True) for c in cells) + " |")
     else:
-        header = ["Dataset"]
+        header = [table.row_header]
         for _, title in table.columns:
             header += [title, f"{title} (paper)", "Δ"]
         lines.append("| " + " | ".join(header) + " |")
@@ -450,11 +491,11 @@ def markdown_lines(table: Table) -> List[str]:
             lines.append("| " + " | ".join(values) + " |")
     seeds = sorted({s for _, _, c in table_cells(table) for s in c.seeds})
     lines.append("")
-    spread = "mean ± population std over seeds" if most >= 2 else "one seed per cell"
+    spread = ("mean ± population std over seeds" if most >= 2 else "one seed per cell" if most == 1
+              else "seeds averaged per dataset, then datasets averaged")  # most == 0: only averages (ablation)
     if seeds:
         lines.append(f"Seeds found: {', '.join(map(str, seeds))} ({spread}); Δ = ours - paper; `-` = no result. "
-                     "Paper column of an Average over some of the datasets: the paper's numbers averaged over the "
-                     "same datasets.")
+                     + table.paper_note)
     else:
         lines.append("No finished runs found for this table.")
     lines += table.notes
@@ -539,7 +580,10 @@ def plot_fewshot(table: Table, path: str) -> None:
 def build_tables(args: argparse.Namespace, paper: Dict[str, Any], protocols: Sequence[str]) -> List[Table]:
     tables = []
     for protocol in protocols:
-        if protocol == "base2new":
+        if protocol == "ablation":
+            tables += [ablation_table(t, args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
+                                      args.b2n_config) for t in args.tables or load_ablations()]
+        elif protocol == "base2new":
             tables.append(base2new_table(args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
                                          args.b2n_config))
         elif protocol == "fewshot":
@@ -564,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output_root", nargs="?", default="output",
                         help="the OUTPUT root given to scripts/hicropl/*.sh (default: output)")
-    parser.add_argument("--protocol", choices=PROTOCOLS + ("all",), default="all",
-                        help="which table(s) to print (default: all)")
+    parser.add_argument("--protocol", choices=PROTOCOLS + ("all", "ablation"), default="all",
+                        help="which table(s) to print (default: all = every protocol except ablation)")
+    parser.add_argument("--tables", nargs="+", metavar="TABLE", choices=list(load_ablations()),
+                        help="--protocol ablation: which tables (4 5 6 7 11 12 13 depth length; default: all)")
     parser.add_argument("--csv", action="store_true",
                         help="print CSV instead of markdown, one line per cell: "
                              "table,dataset,metric,mean,std,n,n_counts,seeds,paper,diff")

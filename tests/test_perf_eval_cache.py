@@ -220,7 +220,7 @@ def test_a_writer_killed_mid_write_leaves_no_file_that_is_read(tmp_path, capsys)
 
 def test_an_unknown_cache_mode_is_one_clear_error():
     from dassl.config import get_cfg_default
-    from dassl.utils import UserError
+    from common.errors import UserError
     from train import extend_cfg
 
     cfg = get_cfg_default()

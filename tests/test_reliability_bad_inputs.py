@@ -193,9 +193,10 @@ CASES = {
         ["error: unrecognized arguments: --epochs (see train.py --help)"]),
 }
 
-# Output-dir entries a failed run may leave: its log (and the training curves of a run that failed mid-epoch).
+# Output-dir entries a failed run may leave: its log (and the config and training curves of a run that failed
+# mid-epoch).
 LOGS = {"log.txt"}
-TRAINING_LOGS = {"log.txt", "tensorboard"}
+TRAINING_LOGS = {"log.txt", "tensorboard", "config.yaml"}
 STARTED_TRAINING = {"image unreadable", "image unreadable in a DataLoader worker"}
 
 

@@ -7,17 +7,29 @@ int <-> float changes, so float defaults are written with a dot.
 The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL) and
 ``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP).
 """
+import torch
 from yacs.config import CfgNode as CN
 
 # Allowed values of the string keys below (checked by the trainers).
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 MAPPER_MODES = ("released", "differentiable")
 ZS_CLASSIFIERS = ("template", "descriptions")
+# Ablation switches of TRAINER.HICROPL (the paper's Tables 4, 6, 7, 12, 13; documented at the keys below).
+FLOWS = ("t2i_i2t", "i2t_t2i", "t2i", "i2t", "none")
+MAPPER_SCALES = ("multi", "single")
+COMPRESSIONS = ("lkp", "mean", "mlp")
+CONSISTENCY_TARGETS = ("descriptions", "template", "imagenet_templates", "random_description")
+CONSISTENCY_CRITERIA = ("cosine", "l1", "mse")
 EVAL_FEATURE_CACHES = ("disk", "memory", "off")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
-    """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place."""
+    """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place, and ``OPTIM.EPS`` when the engine lacks it."""
+    if "OPTIM" in cfg and "EPS" not in cfg.OPTIM:
+        # Adam's epsilon (float > 0; HiCroPL configs: 1e-3). HiCroPL's vendored Dassl (and ours) declare it; the
+        # original Dassl.pytorch does not and builds Adam with torch's 1e-8, so our trainers apply it themselves
+        # (apply_optim_eps) and the yamls mean the same on either engine.
+        cfg.OPTIM.EPS = 1e-8
     cfg.TRAINER.HICROPL = CN()
     # Prompt length m (int >= 1): learnable tokens per layer in each tower (configs: 16; cross-dataset 2).
     # "X " * m + class name + "." must fit CLIP's 77-token context for every class.
@@ -32,7 +44,8 @@ def add_trainer_cfg(cfg: CN) -> None:
     # Layer k where the mapping switches from text->vision (layers [0, k)) to vision->text (layers [k, J))
     # (int, 0 <= k <= J; configs: 6; cross-dataset 5).
     cfg.TRAINER.HICROPL.CROSS_LAYER = 6
-    # Weight lambda of the consistency loss (float >= 0; configs: 12.).
+    # Weight lambda of the consistency loss (float >= 0; configs: 12.). 0. switches the consistency loss off
+    # (Table 11, "w/o L_cons").
     cfg.TRAINER.HICROPL.LAMBD = 10.0
     # Precision, one of PRECISIONS: "fp16" (released behaviour: CLIP and the prompt learner in fp16; CUDA only),
     # "fp32", "amp" (fp32 weights, fp16 autocast + GradScaler; CUDA only), "bf16" (fp32 weights, bf16 autocast).
@@ -57,6 +70,44 @@ def add_trainer_cfg(cfg: CN) -> None:
     # for large class counts (the text side runs over all classes every step). Measured (scripts/benchmark.py,
     # random:ViT-B/16, 1000 classes, batch 4, CPU fp32): peak memory 4.6 -> 3.0 GB, step time +30%.
     cfg.TRAINER.HICROPL.TEXT_CHECKPOINTING = False
+    # --- Ablation switches (paper Tables 4-7, 11-13; defaults = HiCroPL as published; scripts/hicropl/ablation.sh).
+    # Direction of the knowledge flow (Table 4), one of FLOWS; k = CROSS_LAYER, J = PROMPT_DEPTH:
+    #   "t2i_i2t" (published): layers [0, k) text->image, layers [k, J) image->text;
+    #   "i2t_t2i": reversed, layers [0, k) image->text, layers [k, J) text->image;
+    #   "t2i" / "i2t": unidirectional, one flow over all J prompted layers (k is ignored);
+    #   "none": no knowledge flow, independent learnable prompts in both towers (IVLP-style; Table 11 "w/o BKF"):
+    #           no mappers, compression modules or proxies; initialisation as published otherwise.
+    # The target tower's prompts of a flow are written by its mapper; the source tower's prompts stay free.
+    cfg.TRAINER.HICROPL.FLOW = "t2i_i2t"
+    # Mapper scale of the text->image flow and of the image->text flow (Table 6), one of MAPPER_SCALES each:
+    #   "multi" (published): the prompts of every layer of the flow attend to the knowledge tokens of all layers of
+    #           the flow (the mapper sees every layer's summary at once);
+    #   "single": the prompts of layer i attend to the knowledge token of layer i only (MaPLe-like per-layer
+    #           mapping), with the same mapper module and parameters; the mapped prompts of layer i then depend on
+    #           no other layer's prompts.
+    cfg.TRAINER.HICROPL.T2I_SCALE = "multi"
+    cfg.TRAINER.HICROPL.I2T_SCALE = "multi"
+    # How a layer's m source prompts are compressed into its knowledge token before the mapper (Table 7), one of
+    # COMPRESSIONS: "lkp" (published: layer-specific knowledge proxy, attention from a learnable proxy token);
+    # "mean": plain average of the layer's m prompts (no parameters, no proxies);
+    # "mlp": a 2-layer MLP per layer (Linear D->D, QuickGELU, Linear D->D, D = the source tower's width) applied to
+    # every prompt token, then averaged over the m tokens (no proxies). Its modules are stored where the LKP modules
+    # are (attn_pooling_text_nets / attn_pooling_visual_nets).
+    cfg.TRAINER.HICROPL.COMPRESSION = "lkp"
+    # Frozen text features the text consistency term pulls the fused class features toward (Table 12), one of
+    # CONSISTENCY_TARGETS. The fused logits always use the averaged descriptions W; only the loss target changes.
+    #   "descriptions" (published): W itself, per class the normalised mean of its description sentences' features;
+    #   "template": the features of "a photo of a {class}.";
+    #   "imagenet_templates": per class the normalised mean over CLIP's 7-template ImageNet ensemble ("itap of a
+    #       {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
+    #       "art of the {}.", "a photo of the small {}."; trainers.hicropl.IMAGENET_TEMPLATES);
+    #   "random_description": each training step, per class the features of one of its description sentences
+    #       drawn uniformly at random (CoPrompt-style).
+    cfg.TRAINER.HICROPL.CONSISTENCY_TARGET = "descriptions"
+    # Distance of both consistency terms (Table 13), one of CONSISTENCY_CRITERIA, between the unit-norm fused
+    # features and their frozen targets: "cosine" (published: 1 - mean cosine similarity), "l1" / "mse" (mean
+    # absolute / squared difference over all elements, PyTorch's F.l1_loss / F.mse_loss).
+    cfg.TRAINER.HICROPL.CONSISTENCY_CRITERION = "cosine"
     # Frozen teacher image features of an evaluation set, computed once and reused by later evaluations of the same
     # set (one image pass instead of two; same logits), one of EVAL_FEATURE_CACHES: "disk" (in memory for the run
     # and in $HICROPL_CACHE_DIR/teacher_features/, so later runs and seeds reuse them), "memory" (this run only),
@@ -71,3 +122,13 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.ZSCLIP.DESCRIPTIONS = ""
     # Precision, one of PRECISIONS except "amp": "fp32", "fp16" (CUDA only), "bf16" (autocast).
     cfg.TRAINER.ZSCLIP.PREC = "fp32"
+
+
+def apply_optim_eps(optimizer: torch.optim.Optimizer, optim_cfg: CN) -> None:
+    """Set ``optim_cfg.EPS`` as the epsilon of the optimizer when ``optim_cfg.NAME`` is "adam" (others untouched).
+
+    Our engine's ``build_optimizer`` already does this for "adam"; the original Dassl's ignores the key.
+    """
+    if optim_cfg.NAME == "adam":
+        for group in optimizer.param_groups:
+            group["eps"] = optim_cfg.EPS

@@ -12,6 +12,10 @@ One self-contained trainer file, read top to bottom:
 5. ``CustomCLIP``: prompted CLIP + frozen teacher, fused logits (SPEC §4.1) and the loss (SPEC §4.3);
 6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code).
 
+The paper's ablations are config switches (trainers/config.py), each a small named piece: ``flow_layers`` (FLOW),
+``apply_mapper`` (T2I_SCALE / I2T_SCALE), ``COMPRESSION_MODULES`` (COMPRESSION), ``ConsistencyTarget``
+(CONSISTENCY_TARGET) and ``CONSISTENCY_DISTANCES`` (CONSISTENCY_CRITERION); the defaults are HiCroPL as published.
+
 Shapes: m = N_CTX, J = PROMPT_DEPTH, k = CROSS_LAYER, D_t / D_v = text / vision token width, d = joint embedding
 width, n_cls = number of classes, B = batch size. Widths, depths, dtypes and devices are read from the CLIP model.
 """
@@ -34,11 +38,21 @@ from yacs.config import CfgNode
 
 import clip
 from clip.model import CLIP, convert_weights
+from common.errors import UserError
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import UserError
 from descriptions import description_file, load_descriptions, too_long_for_context
-from trainers.config import EVAL_FEATURE_CACHES, MAPPER_MODES, PRECISIONS
+from trainers.config import (
+    COMPRESSIONS,
+    CONSISTENCY_CRITERIA,
+    CONSISTENCY_TARGETS,
+    EVAL_FEATURE_CACHES,
+    FLOWS,
+    MAPPER_MODES,
+    MAPPER_SCALES,
+    PRECISIONS,
+    apply_optim_eps,
+)
 from trainers.feature_cache import (
     FeatureTable,
     atomic_torch_save,
@@ -108,6 +122,11 @@ def check_hicropl_cfg(
         raise UserError(f"TRAINER.HICROPL.LAMBD is {hc.LAMBD}; it must be >= 0")
     if hc.MAPPER_HEADS < 1:
         raise UserError(f"TRAINER.HICROPL.MAPPER_HEADS is {hc.MAPPER_HEADS}; it must be >= 1")
+    for key, allowed in (("FLOW", FLOWS), ("T2I_SCALE", MAPPER_SCALES), ("I2T_SCALE", MAPPER_SCALES),
+                         ("COMPRESSION", COMPRESSIONS), ("CONSISTENCY_TARGET", CONSISTENCY_TARGETS),
+                         ("CONSISTENCY_CRITERION", CONSISTENCY_CRITERIA)):
+        if hc[key] not in allowed:
+            raise UserError(f"TRAINER.HICROPL.{key} is {hc[key]!r}; choose one of {', '.join(allowed)}")
     if device is not None and device.type == "cpu" and not PRECISION_TABLE[hc.PREC].cpu_ok:
         raise UserError(
             f"TRAINER.HICROPL.PREC {hc.PREC} needs a CUDA device; on CPU use PREC fp32 or bf16"
@@ -194,6 +213,67 @@ def frozen_text_features(clip_model: CLIP, sentences: Sequence[Sequence[str]]) -
     return weights
 
 
+# CONSISTENCY_TARGET imagenet_templates (Table 12): CLIP's 7-template ImageNet ensemble (the subset selected in the
+# CLIP paper's prompt-engineering notebook). Replace by another list (e.g. CLIP's 80 ImageNet templates) to change it.
+IMAGENET_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+class ConsistencyTarget(nn.Module):
+    """Frozen text target of the text consistency term when it is not W (``CONSISTENCY_TARGET``, Table 12).
+
+    features (n_rows, d) unit rows. counts None: one fixed row per class (n_rows = n_cls). counts (n_cls,): the rows
+    are the sentence features of all classes, class c owning ``counts[c]`` consecutive rows; every call in training
+    mode draws one of them per class uniformly at random (a new draw each training step); in eval mode the
+    normalised mean per class (= W of the same sentences).
+    """
+
+    def __init__(self, features: torch.Tensor, counts: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        self.register_buffer("features", features.float(), persistent=False)
+        self.sampled = counts is not None
+        if counts is not None:
+            counts_t = torch.as_tensor(list(counts), device=features.device)
+            self.register_buffer("counts", counts_t, persistent=False)
+            self.register_buffer("starts", torch.cumsum(counts_t, 0) - counts_t, persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        """(n_cls, d) float32 target rows."""
+        if not self.sampled:
+            return self.features
+        if self.training:
+            offsets = (torch.rand(len(self.counts), device=self.counts.device) * self.counts).long()
+            return self.features[self.starts + torch.minimum(offsets, self.counts - 1)]
+        means = [self.features[start:start + count].mean(0) for start, count in zip(self.starts, self.counts)]
+        return F.normalize(torch.stack(means), dim=-1)
+
+
+def build_consistency_target(
+    target: str, clip_model: CLIP, classnames: Sequence[str], descriptions: Sequence[Sequence[str]]
+) -> Optional[ConsistencyTarget]:
+    """The target chosen by ``CONSISTENCY_TARGET`` (None for "descriptions": the loss then uses W itself)."""
+    names = [name.replace("_", " ") for name in classnames]
+    if target == "descriptions":
+        return None
+    print(f"Text consistency target: {target} (the fused logits keep W)")
+    if target == "template":
+        return ConsistencyTarget(frozen_text_features(clip_model, [[f"a photo of a {name}."] for name in names]))
+    if target == "imagenet_templates":
+        return ConsistencyTarget(
+            frozen_text_features(clip_model, [[t.format(name) for t in IMAGENET_TEMPLATES] for name in names])
+        )
+    # "random_description": every sentence's own features (a one-sentence "class" each, so they share W's cache)
+    sentences = [[sentence] for group in descriptions for sentence in group]
+    return ConsistencyTarget(frozen_text_features(clip_model, sentences), [len(group) for group in descriptions])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
@@ -222,6 +302,40 @@ class LayerKnowledgeProxy(nn.Module):
         """proxy (1, D), prompts (m, D) -> (1, D)."""
         query, source = self.ln_1(proxy), self.ln_1(prompts)
         return self.ln_2(proxy + self.attn(query, source, source, need_weights=False)[0])
+
+
+class MeanCompression(nn.Module):
+    """COMPRESSION mean (Table 7): the knowledge token is the plain average of the layer's prompts (no parameters)."""
+
+    def forward(self, proxy: Optional[torch.Tensor], prompts: torch.Tensor) -> torch.Tensor:
+        """proxy unused (None), prompts (m, D) -> (1, D)."""
+        return prompts.mean(dim=0, keepdim=True)
+
+
+class MLPCompression(nn.Module):
+    """COMPRESSION mlp (Table 7): a 2-layer MLP (D -> D -> D, QuickGELU) on every prompt, averaged over the m prompts.
+
+    The paper gives no width; the hidden width D keeps it close to the LKP's size. No proxy token.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, width)
+        self.gelu = QuickGELU()
+        self.c_proj = nn.Linear(width, width)
+
+    def forward(self, proxy: Optional[torch.Tensor], prompts: torch.Tensor) -> torch.Tensor:
+        """proxy unused (None), prompts (m, D) -> (1, D)."""
+        return self.c_proj(self.gelu(self.c_fc(prompts))).mean(dim=0, keepdim=True)
+
+
+# COMPRESSION -> factory of one layer's compression module (width, heads); "lkp" is the published LKP.
+COMPRESSION_MODULES = {
+    "lkp": lambda width, heads: LayerKnowledgeProxy(width, heads),
+    "mean": lambda width, heads: MeanCompression(),
+    "mlp": lambda width, heads: MLPCompression(width),
+}
+assert set(COMPRESSION_MODULES) == set(COMPRESSIONS)
 
 
 class HierarchicalKnowledgeMapper(nn.Module):
@@ -254,6 +368,42 @@ class HierarchicalKnowledgeMapper(nn.Module):
         q, k, v = self.linear_q(queries), self.linear_k(sources), self.linear_v(sources)
         q = q + self.attn(self.ln_1(q), self.ln_1(k), self.ln_1(v), need_weights=False)[0]
         return q + self.ffn(self.ln_2(q))
+
+
+def layer_knowledge(
+    compressors: Sequence[nn.Module], proxies: Sequence[torch.Tensor], prompts: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """One knowledge token per layer of a flow from that layer's prompts (m, D): (n_layers, D).
+
+    ``proxies`` is empty unless COMPRESSION is lkp (the other compressions take no proxy)."""
+    proxies = list(proxies) or [None] * len(prompts)
+    return torch.cat([net(proxy, layer) for net, proxy, layer in zip(compressors, proxies, prompts)])
+
+
+def apply_mapper(
+    mapper: HierarchicalKnowledgeMapper, prompts: Sequence[torch.Tensor], knowledge: torch.Tensor, scale: str
+) -> torch.Tensor:
+    """Map the n layers' prompts [n x (m, D_query)] with the knowledge tokens (n, D_source): (n, m, D_query).
+
+    multi (published): all n*m prompt rows attend to all n knowledge tokens. single (Table 6): the prompts of layer
+    i attend to knowledge token i only (same mapper), so they depend on no other layer.
+    """
+    if scale == "multi":
+        m = prompts[0].shape[0]
+        return mapper(torch.cat(list(prompts)), knowledge).view(len(prompts), m, -1)
+    return torch.stack([mapper(layer, knowledge[i:i + 1]) for i, layer in enumerate(prompts)])
+
+
+def flow_layers(flow: str, cross_layer: int, depth: int) -> Tuple[range, range]:
+    """(layers mapped text->image, layers mapped image->text) under FLOW (Table 4); k = cross_layer, J = depth."""
+    lower, upper, every, no_layer = range(0, cross_layer), range(cross_layer, depth), range(0, depth), range(0)
+    return {
+        "t2i_i2t": (lower, upper),
+        "i2t_t2i": (upper, lower),
+        "t2i": (every, no_layer),
+        "i2t": (no_layer, every),
+        "none": (no_layer, no_layer),
+    }[flow]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -302,6 +452,10 @@ class HiCroPLPromptLearner(nn.Module):
       attn_pooling_text_nets.{0..k-1}.*, attn_pooling_visual_nets.{0..J-k-1}.*   LKP modules (width D_t / D_v)
       text_proxy_token.{0..k-1} (1, D_t), visual_proxy_token.{0..J-k-1} (1, D_v)
     A mapper whose segment is empty (k = 0 or k = J) is not built.
+    Ablation switches (trainers/config.py): FLOW chooses which layers each mapper serves (``flow_layers``; the text
+    compression modules and proxies belong to the text->image layers, the visual ones to the image->text layers),
+    T2I_SCALE / I2T_SCALE how a mapper sees the layers (``apply_mapper``), COMPRESSION what compresses a layer
+    (``COMPRESSION_MODULES``; proxies only for lkp).
 
     Initialisation as released (SPEC §3.1, §5.B): P_t entries independent N(0, 0.02^2) (P_t[0] from CTX_INIT when it
     applies); all P_v entries share one N(0, 0.02^2) draw, all text proxies one N(0, 1) draw, all visual proxies
@@ -316,6 +470,10 @@ class HiCroPLPromptLearner(nn.Module):
         factory = {"device": clip_model.token_embedding.weight.device, "dtype": torch.float32}
         self.n_ctx, self.depth, self.cross_layer = m, depth, cross
         self.mapper_mode = hc.MAPPER_MODE
+        self.t2i_layers, self.i2t_layers = flow_layers(hc.FLOW, cross, depth)
+        self.t2i_scale, self.i2t_scale = hc.T2I_SCALE, hc.I2T_SCALE
+        n_t2i, n_i2t = len(self.t2i_layers), len(self.i2t_layers)
+        uses_proxies = hc.COMPRESSION == "lkp"
 
         prefix, texts, use_init = build_text_template(hc, classnames)
         self.prompt_prefix = prefix
@@ -334,22 +492,28 @@ class HiCroPLPromptLearner(nn.Module):
         )
         visual_init = torch.empty(m, vision_width, **factory).normal_(std=0.02)
         self.cross_prompts_visual = nn.ParameterList([nn.Parameter(visual_init.clone()) for _ in range(depth)])
-        text_proxy = torch.randn(1, text_width, **factory)
-        visual_proxy = torch.randn(1, vision_width, **factory)
+        if uses_proxies:
+            text_proxy = torch.randn(1, text_width, **factory)
+            visual_proxy = torch.randn(1, vision_width, **factory)
         heads = hc.MAPPER_HEADS
-        text_lkp = LayerKnowledgeProxy(text_width, heads).to(**factory)
-        visual_lkp = LayerKnowledgeProxy(vision_width, heads).to(**factory)
+        make_compressor = COMPRESSION_MODULES[hc.COMPRESSION]
+        text_compressor = make_compressor(text_width, heads).to(**factory)
+        visual_compressor = make_compressor(vision_width, heads).to(**factory)
         # Registration order below = the released state-dict order (SPEC §7.2): mappers, LKP modules, proxies.
         self.text2visual_net = (
-            HierarchicalKnowledgeMapper(vision_width, text_width, heads).to(**factory) if cross > 0 else None
+            HierarchicalKnowledgeMapper(vision_width, text_width, heads).to(**factory) if n_t2i else None
         )
         self.visual2text_net = (
-            HierarchicalKnowledgeMapper(text_width, vision_width, heads).to(**factory) if cross < depth else None
+            HierarchicalKnowledgeMapper(text_width, vision_width, heads).to(**factory) if n_i2t else None
         )
-        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_lkp) for _ in range(cross)])
-        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_lkp) for _ in range(depth - cross)])
-        self.text_proxy_token = nn.ParameterList([nn.Parameter(text_proxy.clone()) for _ in range(cross)])
-        self.visual_proxy_token = nn.ParameterList([nn.Parameter(visual_proxy.clone()) for _ in range(depth - cross)])
+        self.attn_pooling_text_nets = nn.ModuleList([copy.deepcopy(text_compressor) for _ in range(n_t2i)])
+        self.attn_pooling_visual_nets = nn.ModuleList([copy.deepcopy(visual_compressor) for _ in range(n_i2t)])
+        self.text_proxy_token = nn.ParameterList(
+            [nn.Parameter(text_proxy.clone()) for _ in range(n_t2i if uses_proxies else 0)]
+        )
+        self.visual_proxy_token = nn.ParameterList(
+            [nn.Parameter(visual_proxy.clone()) for _ in range(n_i2t if uses_proxies else 0)]
+        )
 
         if self.mapper_mode == "released":
             # The released code writes the mapper outputs into `.data`, so no gradient ever reaches these (SPEC §5.A).
@@ -368,50 +532,48 @@ class HiCroPLPromptLearner(nn.Module):
         return modules + [net for net in (self.text2visual_net, self.visual2text_net) if net is not None]
 
     def map_text_to_visual(self) -> torch.Tensor:
-        """T->I flow, layers [0, k): P_v[0..k-1] attend to the LKP summaries of P_t[0..k-1]. Returns (k, m, D_v)."""
-        k = self.cross_layer
-        knowledge = torch.cat(
-            [lkp(self.text_proxy_token[i], self.cross_prompts_text[i])
-             for i, lkp in enumerate(self.attn_pooling_text_nets)]
-        )  # (k, D_t)
-        queries = torch.cat([self.cross_prompts_visual[i] for i in range(k)])  # (k*m, D_v)
-        return self.text2visual_net(queries, knowledge).view(k, self.n_ctx, -1)
+        """T->I flow (published: layers L = [0, k)): P_v[L] attend to the LKP summaries of P_t[L]. (|L|, m, D_v)."""
+        layers = self.t2i_layers
+        knowledge = layer_knowledge(self.attn_pooling_text_nets, self.text_proxy_token,
+                                    [self.cross_prompts_text[i] for i in layers])  # (|L|, D_t)
+        queries = [self.cross_prompts_visual[i] for i in layers]
+        return apply_mapper(self.text2visual_net, queries, knowledge, self.t2i_scale)
 
     def map_visual_to_text(self) -> torch.Tensor:
-        """I->T flow, layers [k, J): P_t[k..J-1] attend to the LKP summaries of P_v[k..J-1]. Returns (J-k, m, D_t)."""
-        k = self.cross_layer
-        knowledge = torch.cat(
-            [lkp(self.visual_proxy_token[i], self.cross_prompts_visual[k + i])
-             for i, lkp in enumerate(self.attn_pooling_visual_nets)]
-        )  # (J-k, D_v)
-        queries = torch.cat([self.cross_prompts_text[i] for i in range(k, self.depth)])  # ((J-k)*m, D_t)
-        return self.visual2text_net(queries, knowledge).view(self.depth - k, self.n_ctx, -1)
+        """I->T flow (published: layers L = [k, J)): P_t[L] attend to the LKP summaries of P_v[L]. (|L|, m, D_t)."""
+        layers = self.i2t_layers
+        knowledge = layer_knowledge(self.attn_pooling_visual_nets, self.visual_proxy_token,
+                                    [self.cross_prompts_visual[i] for i in layers])  # (|L|, D_v)
+        queries = [self.cross_prompts_text[i] for i in layers]
+        return apply_mapper(self.visual2text_net, queries, knowledge, self.i2t_scale)
 
     def forward(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Prompts for the encoders: (text [J x (m, D_t)], visual [J x (m, D_v)]); entry i is used at layer i.
 
         The two flows read disjoint prompt sets (T->I reads P_t[0..k-1] and P_v[0..k-1], I->T reads P_t[k..J-1]
-        and P_v[k..J-1]), so their order does not matter and nothing chains between them.
+        and P_v[k..J-1]; each FLOW keeps its flows' layers disjoint), so their order does not matter and nothing
+        chains between them.
         released: the mapped prompts overwrite the parameters in place, without gradient, and the parameters are
           returned (each call maps the previous call's values again: x <- M(x; sources)).
         differentiable: the mapped prompts are returned as tensors; parameters are never modified.
         """
-        k, depth = self.cross_layer, self.depth
         text = list(self.cross_prompts_text)
         visual = list(self.cross_prompts_visual)
         if self.mapper_mode == "released":
             with torch.no_grad():
-                if k > 0:
-                    for param, mapped in zip(visual[:k], self.map_text_to_visual()):
-                        param.copy_(mapped)
-                if k < depth:
-                    for param, mapped in zip(text[k:], self.map_visual_to_text()):
-                        param.copy_(mapped)
+                if self.t2i_layers:
+                    for i, mapped in zip(self.t2i_layers, self.map_text_to_visual()):
+                        visual[i].copy_(mapped)
+                if self.i2t_layers:
+                    for i, mapped in zip(self.i2t_layers, self.map_visual_to_text()):
+                        text[i].copy_(mapped)
             return text, visual
-        if k > 0:
-            visual[:k] = list(self.map_text_to_visual().unbind(0))
-        if k < depth:
-            text[k:] = list(self.map_visual_to_text().unbind(0))
+        if self.t2i_layers:
+            for i, mapped in zip(self.t2i_layers, self.map_text_to_visual()):
+                visual[i] = mapped
+        if self.i2t_layers:
+            for i, mapped in zip(self.i2t_layers, self.map_visual_to_text()):
+                text[i] = mapped
         return text, visual
 
 
@@ -458,6 +620,16 @@ def fuse(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(prompted, dim=-1) + frozen.to(prompted.dtype), dim=-1)
 
 
+def cosine_distance(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - mean cosine similarity of the rows (eps 1e-7, as released)."""
+    return 1 - F.cosine_similarity(features, targets, dim=-1, eps=1e-7).mean()
+
+
+# CONSISTENCY_CRITERION (Table 13) -> distance(features (N, d), targets (N, d)) -> scalar.
+CONSISTENCY_DISTANCES = {"cosine": cosine_distance, "l1": F.l1_loss, "mse": F.mse_loss}
+assert set(CONSISTENCY_DISTANCES) == set(CONSISTENCY_CRITERIA)
+
+
 def hicropl_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -466,16 +638,19 @@ def hicropl_loss(
     text_features: torch.Tensor,
     frozen_text: torch.Tensor,
     lambd: float,
+    criterion: str = "cosine",
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """SPEC §4.3: CE + lambda * [(1 - mean_c cos(f_txt_c, W_c)) + (1 - mean_b cos(f_img_b, V_b))], in float32.
 
     logits (B, n_cls), labels (B,), image_features f_img (B, d), teacher_features V (B, d), text_features f_txt
     (n_cls, d), frozen_text W (n_cls, d). The text term averages over all classes, the image term over the batch.
+    ``criterion`` (CONSISTENCY_CRITERION) replaces 1 - mean cos by another distance of CONSISTENCY_DISTANCES.
     Returns the total and its terms {"ce", "text_consistency", "image_consistency"}.
     """
     ce = F.cross_entropy(logits.float(), labels)
-    text_term = 1 - F.cosine_similarity(text_features.float(), frozen_text.float(), dim=-1, eps=1e-7).mean()
-    image_term = 1 - F.cosine_similarity(image_features.float(), teacher_features.float(), dim=-1, eps=1e-7).mean()
+    distance = CONSISTENCY_DISTANCES[criterion]
+    text_term = distance(text_features.float(), frozen_text.float())
+    image_term = distance(image_features.float(), teacher_features.float())
     terms = {"ce": ce, "text_consistency": text_term, "image_consistency": image_term}
     return ce + lambd * (text_term + image_term), terms
 
@@ -507,12 +682,16 @@ class CustomCLIP(nn.Module):
         clip_model: CLIP,
         frozen_text: torch.Tensor,
         teacher: Optional[CLIP] = None,
+        consistency_target: Optional[ConsistencyTarget] = None,
     ) -> None:
         super().__init__()
         hc = cfg.TRAINER.HICROPL
         self.prompt_learner = HiCroPLPromptLearner(hc, classnames, clip_model)  # validates hc first
         self.precision = PRECISION_TABLE[hc.PREC]
         self.lambd = hc.LAMBD
+        self.criterion = hc.CONSISTENCY_CRITERION
+        # Target of the text consistency term (CONSISTENCY_TARGET); None: W itself (published).
+        self.consistency_target = consistency_target
         self.clip_model = clip_model
         clip_model.transformer.checkpointing = hc.TEXT_CHECKPOINTING
         # None: the teacher is the backbone's own visual tower with prompts off (no second copy).
@@ -582,7 +761,9 @@ class CustomCLIP(nn.Module):
         logits, image_features, teacher, text_features = self.forward_features(image, index)
         if label is None:
             return logits
-        loss, terms = hicropl_loss(logits, label, image_features, teacher, text_features, self.frozen_text, self.lambd)
+        target = self.frozen_text if self.consistency_target is None else self.consistency_target()
+        loss, terms = hicropl_loss(logits, label, image_features, teacher, text_features, target, self.lambd,
+                                   self.criterion)
         return (loss, terms) if return_terms else loss
 
     # --- checkpoints -------------------------------------------------------------------------------------------------
@@ -666,6 +847,7 @@ class HiCroPL(TrainerX):
         print(f"Frozen text features W from the descriptions in {path}")
         sentences = load_descriptions(path, classnames, fallback=hc.DESCRIPTIONS_FALLBACK)
         frozen_text = frozen_text_features(clip_model, sentences)  # before any fp16 conversion: fp32 features
+        consistency_target = build_consistency_target(hc.CONSISTENCY_TARGET, clip_model, classnames, sentences)
 
         teacher = None
         if not is_same_backbone(hc.TEACHER_NAME, backbone):
@@ -680,12 +862,13 @@ class HiCroPL(TrainerX):
                 )
 
         print("Building custom CLIP")
-        self.model = CustomCLIP(cfg, classnames, clip_model, frozen_text, teacher).to(self.device)
+        self.model = CustomCLIP(cfg, classnames, clip_model, frozen_text, teacher, consistency_target).to(self.device)
 
         trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         print(f"MAPPER_MODE {hc.MAPPER_MODE}: {len(trainable)} trainable tensors, "
               f"{sum(p.numel() for _, p in trainable):,} trainable parameters")
         self.optim = build_optimizer([p for _, p in trainable], cfg.OPTIM)
+        apply_optim_eps(self.optim, cfg.OPTIM)  # the original Dassl's build_optimizer ignores OPTIM.EPS
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.model_name, self.model, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.model.precision.grad_scaler else None
@@ -693,7 +876,10 @@ class HiCroPL(TrainerX):
     def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)
         loss, terms = self.model(image, label, return_terms=True)
-        self.detect_anomaly(loss, terms)  # before any update: a NaN stops training with intact checkpoints
+        # Before any update: a NaN stops training with intact checkpoints. Dassl's signature (loss only); our engine
+        # reads the terms from self.loss_terms for its message, the original Dassl ignores them.
+        self.loss_terms = terms
+        self.detect_anomaly(loss)
         self.optim.zero_grad()
         if self.scaler is None:
             loss.backward()

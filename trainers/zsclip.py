@@ -17,8 +17,8 @@ from yacs.config import CfgNode
 
 import clip
 from clip.model import CLIP, convert_weights
+from common.errors import UserError
 from dassl.engine import TRAINER_REGISTRY, TrainerX
-from dassl.utils import UserError
 from descriptions import description_file, load_descriptions
 from trainers.config import ZS_CLASSIFIERS
 from trainers.hicropl import PRECISION_TABLE, frozen_text_features

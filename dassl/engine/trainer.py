@@ -271,7 +271,9 @@ class TrainerBase:
         """Raise ``NonFiniteLossError`` (a ``FloatingPointError``) if ``loss`` is not finite.
 
         The one-line message names the epoch and batch, the loss and, if given, the ``terms`` it was summed from
-        (name -> tensor or float, e.g. ``{"ce": ..., "kd": ...}``), so the culprit is visible. Call it before
+        (name -> tensor or float, e.g. ``{"ce": ..., "kd": ...}``), so the culprit is visible; without ``terms``, a
+        trainer's ``self.loss_terms`` dict is used if it has one (so trainers can call Dassl's one-argument
+        ``detect_anomaly(loss)`` and still get the terms in the message). Call it before
         ``backward()``: then nothing has been updated and the checkpoints written so far are the last good state.
         Under torchrun every process stops when any process's loss is not finite (none waits forever in the
         gradient all-reduce).
@@ -291,6 +293,8 @@ class TrainerBase:
 
         epoch, batch = getattr(self, "epoch", 0) + 1, getattr(self, "batch_idx", 0) + 1
         max_epoch, num_batches = getattr(self, "max_epoch", "?"), getattr(self, "num_batches", "?")
+        if terms is None:
+            terms = getattr(self, "loss_terms", None)
         parts = ", ".join(f"{name}={show(value)}" for name, value in (terms or {}).items())
         raise NonFiniteLossError(
             f"Loss is infinite or NaN at epoch {epoch}/{max_epoch}, batch {batch}/{num_batches}: loss={show(loss)}"
