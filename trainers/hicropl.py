@@ -10,7 +10,8 @@ One self-contained trainer file, read top to bottom:
    mapped text -> image, layers [k, J) image -> text (SPEC §3.4), either written back into the prompt parameters
    without gradient (``MAPPER_MODE released``) or computed as differentiable tensors (``differentiable``);
 5. ``CustomCLIP``: prompted CLIP + frozen teacher, fused logits (SPEC §4.1) and the loss (SPEC §4.3);
-6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code).
+6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code, the
+   frozen teacher's features of each evaluation set computed once: ``trainers.feature_cache``).
 
 The paper's ablations are config switches (trainers/config.py), each a small named piece: ``flow_layers`` (FLOW),
 ``apply_mapper`` (T2I_SCALE / I2T_SCALE), ``COMPRESSION_MODULES`` (COMPRESSION), ``ConsistencyTarget``
