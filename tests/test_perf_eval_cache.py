@@ -1,8 +1,9 @@
 """The frozen teacher's image features of an evaluation set are computed once (TRAINER.HICROPL.CACHE_EVAL_FEATURES).
 
-- Exactness: training with val every epoch, the final test and an eval-only rerun in a new trainer give the same
-  logits (torch.equal, fp32) with the cache as without it, while the teacher runs only on the first evaluation of
-  each set (the rerun reads the disk cache and runs it never).
+- Exactness: training with val every epoch and the final test give the same logits (torch.equal, fp32) with the
+  cache in memory or on disk as without it, and so does an eval-only rerun in a new trainer; the teacher runs only
+  on the first evaluation of each set (the rerun reads the disk cache and runs it never; a val set that is the test
+  set shares the test set's features).
 - Staleness: another teacher or backbone (weights), another class subset (image list), another interpolation,
   normalisation or resize (test transform), another precision, another data shard, an image file rewritten: each
   runs the teacher again; the unchanged configuration does not.
