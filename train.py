@@ -41,6 +41,7 @@ from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import (
     Logger,
     NonFiniteLossError,
+    OutputDirLock,
     UserError,
     check_availability,
     cleanup_distributed,
@@ -79,6 +80,8 @@ def reset_cfg(cfg: CN, args: argparse.Namespace) -> None:
         cfg.OUTPUT_DIR = args.output_dir
     if args.resume:
         cfg.RESUME = args.resume
+    if args.accept_config_change:
+        cfg.ACCEPT_CONFIG_CHANGE = True
     if args.seed:
         cfg.SEED = args.seed
     if args.source_domains:
@@ -187,6 +190,17 @@ def main(args: argparse.Namespace) -> None:
     # Under torchrun: join the process group; only rank 0 prints and writes log.txt (errors still reach stderr).
     if init_distributed(cfg.USE_CUDA) and not is_main_process():
         sys.stdout = open(os.devnull, "w")
+    # One process per output dir (rank 0 holds it for all ranks): a second one stops here, before writing anything.
+    owner = OutputDirLock(cfg.OUTPUT_DIR) if is_main_process() else None
+    try:
+        run(args, cfg)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def run(args: argparse.Namespace, cfg: CN) -> None:
+    """Seed, open log.txt, build the trainer, then train or (``--eval-only``) load and test."""
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -235,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=str, default="", help="output directory (OUTPUT_DIR)")
     parser.add_argument("--resume", type=str, default="",
                         help="checkpoint directory to resume from (RESUME; default: the output dir itself)")
+    parser.add_argument("--accept-config-change", action="store_true",
+                        help="resume even if the config changed what the run learns (ACCEPT_CONFIG_CHANGE); the "
+                             "change is recorded in the checkpoints and results.json")
     parser.add_argument("--seed", type=int, default=-1,
                         help="only positive value enables a fixed seed (0 is ignored, as in CoOp)")
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")

@@ -19,6 +19,22 @@ prompts=...)`, `Transformer.forward_batch_first(x, prompts)`. Calls this CLIP ca
 `transformer([x, deep_prompts, counter])`, meant for its own patched CLIP) raise `CLIPCallError`, one line naming
 the calling file. The blocks (`transformer.resblocks[i]`) are batch-first; code that calls them one by one needs
 its own CLIP.
+
+Extension points for prompt-learning methods (n texts, m prompt tokens, D_t text width, L <= context_length, B
+images, K classes, d = embed_dim). With no prompts every path is exactly openai-clip's computation.
+
+- Per-layer prompts: `prompts` is a list whose entry i (or None) is used at the input of block i; entries past the
+  list's end are None. Sparse lists work in both towers (text: `[ctx, None, ..., None, T]` puts T at one deep layer
+  only, as TCP does; vision: entry 0 must be given when any entry is).
+- Shared, per-class and per-sample prompts: each entry is (m, D) shared by all sequences, or (n, m, D) / (B, m, D)
+  with one prompt per sequence: per class for the text tower (CoOp's class-specific context, TCP's class-aware
+  deep tokens: row k goes with text k), per image for the image tower. An image-conditioned text prompt (CoCoOp)
+  is a shared (m, D_t) prompt computed from one image, one `encode_text` call per image.
+- Pre-built text input: `CLIP.encode_text_embeddings(embeddings (n, L, D_t), eot (n,), prompts)` -> (n, d) takes
+  the token embeddings assembled by the method (e.g. CoOp's "middle"/"front" layouts, where the learned context
+  sits around the class-name tokens at class-dependent positions) and the EOT position of each row. The positional
+  embedding is added after assembly, as for token ids: `encode_text(text)` equals
+  `encode_text_embeddings(token_embedding(text), text.argmax(-1))`.
 """
 
 from __future__ import annotations
@@ -607,7 +623,27 @@ class CLIP(nn.Module):
             _, rows = self.transformer.forward_shared_prefix(prefix, rows, deep)
             rows = self.ln_final(rows)
             return rows[torch.arange(batch, device=rows.device), eot - shared] @ self.text_projection
-        x = self.token_embedding(text[:, :length]).to(self.dtype)  # (n, length, D_t)
+        return self.encode_text_embeddings(self.token_embedding(text[:, :length]), eot, prompts)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eot: torch.Tensor,
+                               prompts: Prompts = None) -> torch.Tensor:
+        """embeddings (n, L, D_t) input token embeddings (no positional embedding; L <= context_length), eot (n,)
+        the position of each row's end-of-text token -> (n, embed_dim), unnormalised.
+
+        The positional embedding of positions 0..L-1 is added here, after the caller assembled the rows, so a
+        vector gets the positional embedding of wherever it was placed. prompts: as `encode_text` (prompts[0]
+        replaces positions 1..m of the embeddings). Only the first max(eot) + 1 positions are computed.
+        """
+        batch, length = embeddings.shape[:2]
+        if length > self.context_length:
+            raise ValueError(f"text embeddings have {length} positions; the context length is {self.context_length}")
+        if eot.shape != (batch,) or bool((eot < 0).any()) or bool((eot >= length).any()):
+            raise ValueError(f"eot must hold one position in [0, {length}) per row ({batch} rows), "
+                             f"got shape {tuple(eot.shape)}")
+        n_prompt = _check_prompts(prompts, self.transformer, batch, "text")
+        if self.truncate_text:
+            length = min(max(int(eot.max()) + 1, 1 + n_prompt), length)
+        x = embeddings[:, :length].to(self.dtype)  # (n, length, D_t)
         if n_prompt and prompts[0] is not None:
             x = self.transformer.replace_prompt_tokens(x, prompts[0])
         x = x + self.positional_embedding[:length].to(self.dtype)

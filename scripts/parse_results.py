@@ -19,15 +19,25 @@ Tables (rows = the paper's datasets, or ``--datasets``; missing cells are shown 
   HM of the two) of the row's tree ``ablation/<row>/`` written by ``scripts/hicropl/ablation.sh``, beside the
   paper's row. The paper's rows average all 11 datasets: Δ is shown only where ours does too.
 
+Methods: one column group per trainer found under OUTPUT_ROOT (``.../<Trainer>/<cfg>/seed<S>``; ``--trainer``
+picks them), each on its method's published config of the protocol (``PROTOCOL_CONFIGS``; ``--*-config`` overrides)
+and beside its own paper numbers (HiCroPL: the top-level entries of ``paper_results.json``; other methods: its
+``methods`` entry, from HiCroPL's Tables 1 and 14). ``--default-config TRAINER PROTOCOL DATASET`` prints that config
+name (the protocol scripts ask it).
+
 Per cell: mean +- standard deviation over the seeds found (``seed<S>`` folders). The standard deviation is the
 POPULATION one (ddof = 0), as CoOp-family ``parse_test_res.py`` prints it (numpy's default); with a single seed
 only the mean is shown. A cell from fewer seeds than the most seeds of its table is marked ``(n=<seeds>)``. Beside
 every number of ours: the paper's HiCroPL number (``scripts/paper_results.json``) and ours minus paper.
 
-Where a run's accuracy comes from: its ``results.json`` (the last ``test`` record; for a training run the one
-written after training), else, for runs of the original code, its Dassl logs (``log.txt`` and the
-``log.txt-<time>`` of reruns, newest first): the last ``* accuracy: X%`` after the last ``=> result``, and for a
-training run only after the ``Finish training`` / ``Finished training`` line.
+Where a run's accuracy comes from: its ``results.json``, else, for runs of the original code, its Dassl logs
+(``log.txt`` and the ``log.txt-<time>`` of reruns, newest first): the last ``* accuracy: X%`` after the last
+``=> result``, and for a training run only after the ``Finish training`` / ``Finished training`` line.
+results.json is append-only (a folder can hold the test after training, eval-only runs, reruns); the record of a
+cell is the latest ``test`` record that fits it: for a training run written after training (``stage`` "final"),
+for an eval run not during training; of a model trained with the folder's seed (``seed<S>``; the record's
+``model_identity``, else its ``seed``); with the cell's class subset (base cell "base", novel cell "new"). When
+several fitting records disagree, a ``warning:`` line on stderr names the folder and the accuracies.
 
 ``--finished RUN_DIR --run-kind train|eval`` only answers (exit status 0 = yes, 1 = no) whether the run in RUN_DIR
 has its final test result in results.json; ``scripts/hicropl/*.sh`` use it to skip finished runs.
@@ -36,6 +46,7 @@ import argparse
 import csv
 import glob
 import importlib.util
+import io
 import json
 import math
 import os
@@ -44,7 +55,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 PAPER_FILE = osp.join(osp.dirname(osp.abspath(__file__)), "paper_results.json")
 TRAINER = "HiCroPL"
@@ -60,6 +71,22 @@ CFG_B2N_IMAGENET = "vit_b16_c2_ep40_batch128_16ctx"
 CFG_FEWSHOT = "vit_b16_c2_ep50_batch32_16ctx_few_shot"
 CFG_XD = "vit_b16_c2_ep5_batch32_2ctx_cross_datasets"
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
+# Each trainer's published config per protocol ("xd" also serves "dg"); "base2new:<dataset>" overrides "base2new"
+# for one dataset. The protocol scripts read these through --default-config.
+PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
+    TRAINER: {"base2new": CFG_B2N, "base2new:imagenet": CFG_B2N_IMAGENET, "fewshot": CFG_FEWSHOT, "xd": CFG_XD},
+    "LinearProbeCLIP": {"fewshot": "vit_b16"},  # few-shot only (Table 14): a probe cannot classify unseen classes
+    # CoOp: CoCoOp's base-to-novel / transfer setting (M = 4 from "a photo of a"); few-shot: CoOp's M = 16 recipe
+    # with the 200-epoch config (the CoOp paper uses 50 epochs for 1 shot and 100 for 2-4: set CFG for those)
+    "CoOp": {"base2new": "vit_b16_ctxv1", "base2new:imagenet": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
+             "xd": "vit_b16_ep50_ctxv1"},
+    "CoCoOp": {"base2new": "vit_b16_c4_ep10_batch1_ctxv1", "fewshot": "vit_b16_c4_ep10_batch1_ctxv1",
+               "xd": "vit_b16_c4_ep10_batch1_ctxv1"},
+    "KgCoOp": {"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
+    # TCP: the released train.py trains ImageNet and SUN397 for 25 epochs
+    "TCP": {"base2new": "vit_b16_ep100_ctxv1", "base2new:imagenet": "vit_b16_ep25_ctxv1",
+            "base2new:sun397": "vit_b16_ep25_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
+}
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run
 ACCURACY_LINE = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
@@ -74,10 +101,13 @@ TRAIN_END_LINES = ("Finish training", "Finished training")  # this engine / Dass
 def _is_after_training(record: Dict[str, Any]) -> bool:
     """Whether a ``test`` record of a training run is the test after training (not a per-epoch evaluation).
 
-    With ``TEST.FINAL_MODEL best_val`` the final test reloads ``model-best.pth.tar`` (the record names that
-    checkpoint); per-epoch evaluations of a dataset without val split are ``test`` records of the in-memory model
-    (checkpoint null). With ``last_step`` the only test is the one after the last epoch.
+    Records that say so have ``stage == "final"``. For older records: with ``TEST.FINAL_MODEL best_val`` the final
+    test reloads ``model-best.pth.tar`` (the record names that checkpoint); per-epoch evaluations of a dataset
+    without val split are ``test`` records of the in-memory model (checkpoint null). With ``last_step`` the only
+    test is the one after the last epoch.
     """
+    if "stage" in record:
+        return record["stage"] == "final"
     if record.get("checkpoint"):
         return True
     cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
@@ -86,15 +116,47 @@ def _is_after_training(record: Dict[str, Any]) -> bool:
     return final_model != "best_val" and max_epoch is not None and record.get("epoch") == max_epoch
 
 
-def final_test_record(evaluations: Sequence[Any], run_kind: str) -> Optional[Dict[str, Any]]:
-    """The last ``test`` record with a numeric accuracy (for ``run_kind == "train"``: written after training)."""
+def model_seed(record: Dict[str, Any]) -> Any:
+    """The seed the evaluated model was trained with: its ``model_identity``, else (older records) the run's seed."""
+    identity = record.get("model_identity")
+    if isinstance(identity, dict) and "SEED" in identity:
+        return identity["SEED"]
+    return record.get("seed")
+
+
+def result_records(evaluations: Sequence[Any], run_kind: str) -> List[Dict[str, Any]]:
+    """The ``test`` records with a numeric accuracy that can be a ``run_kind`` run's result, in file order.
+
+    ``train``: written after training; ``eval``: not a per-epoch evaluation during training.
+    """
     tests = [
         r for r in evaluations
         if isinstance(r, dict) and r.get("split") == "test" and isinstance(r.get("accuracy"), (int, float))
     ]
     if run_kind == "train":
-        tests = [r for r in tests if _is_after_training(r)]
-    return tests[-1] if tests else None
+        return [r for r in tests if _is_after_training(r)]
+    return [r for r in tests if r.get("stage") != "epoch"]
+
+
+def final_test_record(evaluations: Sequence[Any], run_kind: str, seed: Optional[int] = None,
+                      subsample: Optional[str] = None,
+                      warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
+    """The latest ``result_records`` entry of a model trained with ``seed`` on class subset ``subsample``.
+
+    None (either filter) accepts any; a record that does not say its seed or subset fits. ``warn(message)`` is called
+    when the fitting records disagree on the accuracy.
+    """
+    tests = [r for r in result_records(evaluations, run_kind)
+             if (seed is None or model_seed(r) in (None, seed))
+             and (subsample is None or r.get("subsample", subsample) == subsample)]
+    if not tests:
+        return None
+    latest = tests[-1]
+    accuracies = sorted({float(r["accuracy"]) for r in tests})
+    if len(accuracies) > 1 and warn is not None:
+        warn(f"{len(tests)} test records fit this cell with different accuracies "
+             f"({', '.join(f'{a:.2f}' for a in accuracies)}); using the latest ({float(latest['accuracy']):.2f})")
+    return latest
 
 
 def read_evaluations(run_dir: str) -> Optional[List[Any]]:
@@ -135,13 +197,29 @@ def log_files(run_dir: str) -> List[str]:
     return rerun_logs + ([first_log] if osp.isfile(first_log) else [])
 
 
-def run_accuracy(run_dir: str, run_kind: str) -> Optional[float]:
-    """Final test accuracy (%) of the run in ``run_dir`` from results.json, else from its logs; None if unfinished."""
+def warn_line(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_accuracy(run_dir: str, run_kind: str, seed: Optional[int] = None,
+                 subsample: Optional[str] = None) -> Optional[float]:
+    """Final test accuracy (%) of the run in ``run_dir`` from results.json, else from its logs; None if unfinished.
+
+    ``seed``/``subsample``: see ``final_test_record``. A results.json with ``run_kind`` results none of which fits
+    gives None with a warning (the logs would show the same unfitting numbers).
+    """
     evaluations = read_evaluations(run_dir)
     if evaluations is not None:
-        record = final_test_record(evaluations, run_kind)
+        record = final_test_record(evaluations, run_kind, seed, subsample,
+                                   warn=lambda message: warn_line(f"{run_dir}: {message}"))
         if record is not None:
             return float(record["accuracy"])
+        others = result_records(evaluations, run_kind)
+        if others:
+            found = sorted({f"seed {model_seed(r)} / {r.get('subsample', '?')} classes" for r in others})
+            warn_line(f"{run_dir}: no test record of a seed-{seed} model on {subsample or 'any'} classes "
+                      f"(it has {', '.join(found)}); not used")
+            return None
     for path in log_files(run_dir):
         try:
             with open(path, errors="replace") as f:
@@ -153,15 +231,21 @@ def run_accuracy(run_dir: str, run_kind: str) -> Optional[float]:
     return None
 
 
-def seed_accuracies(parent: str, run_kind: str) -> Dict[int, float]:
-    """``{seed: accuracy}`` of the finished runs in the ``seed<S>`` folders of ``parent``."""
+def folder_seed(run_dir: str) -> Optional[int]:
+    """S of a ``seed<S>`` run folder, else None."""
+    match = re.fullmatch(r"seed(\d+)", osp.basename(osp.normpath(run_dir)))
+    return int(match.group(1)) if match else None
+
+
+def seed_accuracies(parent: str, run_kind: str, subsample: Optional[str] = None) -> Dict[int, float]:
+    """``{seed: accuracy}`` of the finished runs in the ``seed<S>`` folders of ``parent`` (see ``run_accuracy``)."""
     found = {}
     for path in glob.glob(osp.join(glob.escape(parent), "seed*")):
-        suffix = osp.basename(path)[len("seed"):]
-        if suffix.isdigit() and osp.isdir(path):
-            accuracy = run_accuracy(path, run_kind)
+        seed = folder_seed(path)
+        if seed is not None and osp.isdir(path):
+            accuracy = run_accuracy(path, run_kind, seed, subsample)
             if accuracy is not None:
-                found[int(suffix)] = accuracy
+                found[seed] = accuracy
     return dict(sorted(found.items()))
 
 
@@ -262,9 +346,52 @@ class Table:
     rows: List[Row]
     transposed: bool = False  # xd/dg: datasets as columns, "ours / paper / diff" as rows (the paper's layout)
     notes: List[str] = field(default_factory=list)
+    trainers: List[str] = field(default_factory=lambda: [TRAINER])  # several: cell keys are "<trainer>:<key>"
     row_header: str = "Dataset"
     paper_note: str = ("Paper column of an Average over some of the datasets: the paper's numbers averaged over the "
                        "same datasets.")
+
+
+def paper_for(paper: Dict[str, Any], trainer: str) -> Dict[str, Any]:
+    """``paper`` with the protocol entries of ``trainer`` (HiCroPL's are the top-level ones)."""
+    if trainer == TRAINER:
+        return paper
+    own = paper.get("methods", {}).get(trainer, {})
+    return {**paper, **{key: own.get(key, {}) for key in ("base2new", "fewshot", "cross_dataset",
+                                                           "domain_generalization")}}
+
+
+def found_trainers(root: str, protocol: str) -> List[str]:
+    """Trainer folder names with runs of ``protocol`` under ``root`` (the layout of scripts/hicropl/common.sh)."""
+    if protocol == "base2new":
+        pattern = osp.join(glob.escape(root), "base2new", "train_base", "*", "shots_*", "*")
+    elif protocol == "fewshot":
+        pattern = osp.join(glob.escape(root), "*", "*", "*shots")
+    else:
+        pattern = osp.join(glob.escape(root), "evaluation", "*", "*")
+    names = set()
+    for path in glob.glob(pattern):
+        if protocol == "fewshot":
+            path = osp.dirname(path)
+            if osp.basename(osp.dirname(path)) in ("base2new", "evaluation"):
+                continue
+        names.add(osp.basename(path))
+    return sorted(names)
+
+
+def side_by_side(tables: Sequence[Tuple[str, Table]]) -> Table:
+    """One table with a column group per trainer (cell keys ``<trainer>:<key>``), rows matched by dataset."""
+    first = tables[0][1]
+    columns = [(f"{trainer}:{key}", f"{trainer} {title}") for trainer, table in tables for key, title in table.columns]
+    rows = []
+    for index, row in enumerate(first.rows):
+        cells = {}
+        for trainer, table in tables:
+            cells.update({f"{trainer}:{key}": cell for key, cell in table.rows[index].cells.items()})
+        rows.append(Row(row.dataset, row.label, cells))
+    notes = [note for _, table in tables for note in table.notes]
+    return Table(first.name, first.title, columns, rows, transposed=first.transposed, notes=list(dict.fromkeys(notes)),
+                 trainers=[trainer for trainer, _ in tables], row_header=first.row_header, paper_note=first.paper_note)
 
 
 def load_paper(path: str = PAPER_FILE) -> Dict[str, Any]:
@@ -294,11 +421,17 @@ def also_found_note(extra: List[str]) -> List[str]:
     return [f"Also found, not tabulated (add them with --datasets): {', '.join(extra)}."] if extra else []
 
 
-def b2n_config(dataset: str, override: Optional[str]) -> str:
-    """Config of a base-to-novel run: the paper's (ImageNet: 40 epochs, batch 128), unless overridden."""
-    if override:
-        return override
-    return CFG_B2N_IMAGENET if dataset == "imagenet" else CFG_B2N
+def default_config(trainer: str, protocol: str, dataset: str = "") -> Optional[str]:
+    """The published config of ``trainer`` for ``protocol`` (``dg`` = ``xd``) on ``dataset``; None if unknown."""
+    configs = PROTOCOL_CONFIGS.get(trainer, {})
+    protocol = "xd" if protocol == "dg" else protocol
+    return configs.get(f"{protocol}:{dataset}", configs.get(protocol))
+
+
+def b2n_config(dataset: str, override: Optional[str], trainer: str = TRAINER) -> str:
+    """Config of a base-to-novel run: the method's published one (HiCroPL ImageNet: 40 epochs, batch 128), unless
+    overridden."""
+    return override or default_config(trainer, "base2new", dataset) or ""
 
 
 def base2new_table(root: str, paper: Dict[str, Any], datasets: Sequence[str], trainer: str = TRAINER,
@@ -307,9 +440,9 @@ def base2new_table(root: str, paper: Dict[str, Any], datasets: Sequence[str], tr
     paper_b2n = paper.get("base2new", {})
     rows = []
     for ds in datasets:
-        tail = osp.join(ds, f"shots_{shots}", trainer, b2n_config(ds, config))
-        base = seed_accuracies(osp.join(root, "base2new", "train_base", tail), "train")
-        novel = seed_accuracies(osp.join(root, "base2new", "test_new", tail), "eval")
+        tail = osp.join(ds, f"shots_{shots}", trainer, b2n_config(ds, config, trainer))
+        base = seed_accuracies(osp.join(root, "base2new", "train_base", tail), "train", "base")
+        novel = seed_accuracies(osp.join(root, "base2new", "test_new", tail), "eval", "new")
         ref = paper_b2n.get(ds, {})
         cells = {"base": seed_cell(base, ref.get("base")), "novel": seed_cell(novel, ref.get("novel"))}
         hm = Cell(paper=ref.get("hm"))
@@ -471,12 +604,14 @@ def markdown_lines(table: Table) -> List[str]:
     most = max_seeds(table)
     lines = [f"### {table.title}", ""]
     if table.transposed:
-        cells = [next(iter(r.cells.values())) for r in table.rows]
         lines.append("| | " + " | ".join(r.label for r in table.rows) + " |")
         lines.append("|---" * (len(table.rows) + 1) + "|")
-        lines.append("| HiCroPL (ours) | " + " | ".join(fmt_ours(c, most) for c in cells) + " |")
-        lines.append("| HiCroPL (paper) | " + " | ".join(fmt(c.paper) for c in cells) + " |")
-        lines.append("| ours - paper | " + " | ".join(fmt(c.diff, signed=True) for c in cells) + " |")
+        for trainer in table.trainers:
+            prefix = f"{trainer}:" if len(table.trainers) > 1 else ""
+            cells = [next(c for k, c in r.cells.items() if k.startswith(prefix)) for r in table.rows]
+            lines.append(f"| {trainer} (ours) | " + " | ".join(fmt_ours(c, most) for c in cells) + " |")
+            lines.append(f"| {trainer} (paper) | " + " | ".join(fmt(c.paper) for c in cells) + " |")
+            lines.append("| ours - paper | " + " | ".join(fmt(c.diff, signed=True) for c in cells) + " |")
     else:
         header = [table.row_header]
         for _, title in table.columns:
@@ -503,7 +638,7 @@ def markdown_lines(table: Table) -> List[str]:
     return lines
 
 
-CSV_FIELDS = ["table", "dataset", "metric", "mean", "std", "n", "n_counts", "seeds", "paper", "diff"]
+CSV_FIELDS = ["table", "dataset", "metric", "mean", "std", "n", "n_counts", "seeds", "paper", "diff", "trainer"]
 
 
 def csv_rows(table: Table) -> Iterable[Dict[str, Any]]:
@@ -512,8 +647,10 @@ def csv_rows(table: Table) -> Iterable[Dict[str, Any]]:
     def num(value: Optional[float]) -> str:
         return "" if value is None else f"{value:.4f}"
 
-    for row, key, cell in table_cells(table):
+    for row, trainer_key, cell in table_cells(table):
+        trainer, key = trainer_key.split(":", 1) if len(table.trainers) > 1 else (table.trainers[0], trainer_key)
         yield {
+            "trainer": trainer,
             "table": table.name, "dataset": row.dataset, "metric": key if table.name != "fewshot" else f"{key}shots",
             "mean": num(cell.mean), "std": num(cell.std), "n": cell.n,
             "n_counts": "datasets" if cell.n_of is not None else "seeds",
@@ -573,26 +710,355 @@ def plot_fewshot(table: Table, path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Metrics, calibration and cost of every run found (--metrics, --cost, --reliability, --format clip_benchmark)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# (record field, column header) of the --metrics table; values are means over the seeds of a row.
+METRIC_COLUMNS = [("accuracy", "acc"), ("acc5", "acc5"), ("mean_per_class_recall", "mpcr"), ("macro_f1", "F1"),
+                  ("nll", "NLL"), ("ece", "ECE"), ("mce", "MCE"), ("aece", "aECE")]
+# --cost columns: key, header. Per run from the record's "cost"; a row shows the mean over its runs, except the
+# totals (train_h_total, gpu_h_total) which sum them.
+COST_COLUMNS = [("trainable_params", "params"), ("train_step_gflops", "GFLOPs/step"), ("train_h", "train h/run"),
+                ("train_h_total", "train h"), ("gpu_h_total", "GPU·h"), ("eval_images_per_s", "eval img/s"),
+                ("peak_memory_gib", "peak GiB"), ("device", "device"), ("precision", "prec"),
+                ("world_size", "procs")]
+EXPORT_FORMATS = ("markdown", "csv", "latex", "json", "clip_benchmark")
+
+
+@dataclass
+class RunResult:
+    """The final test record of one run folder (one seed) and where it sits in the tree."""
+
+    run_dir: str  # relative to the output root
+    protocol: str  # base2new | fewshot | xd | dg | other
+    record: Dict[str, Any]
+
+
+def run_protocol(rel_dir: str, dataset_id: str) -> str:
+    """Protocol of a run folder of ``scripts/hicropl/*.sh`` from its path relative to the output root."""
+    parts = rel_dir.replace(os.sep, "/").split("/")
+    if parts[0] == "base2new":
+        return "base2new"
+    if "evaluation" in parts:
+        return "dg" if dataset_id in DG_TARGETS else "xd"
+    if any("few_shot" in p for p in parts):
+        return "fewshot"
+    if any("cross_datasets" in p for p in parts):
+        return "xd"  # the source run of xd and dg
+    return "other"
+
+
+def find_runs(root: str) -> List[RunResult]:
+    """Every folder under ``root`` whose results.json has a final test record (``final_test_record``: the test after
+    training, else an evaluation outside training), sorted by path."""
+    runs = []
+    for path in sorted(glob.glob(osp.join(glob.escape(root), "**", "results.json"), recursive=True)):
+        run_dir = osp.dirname(path)
+        evaluations = read_evaluations(run_dir) or []
+        seed = folder_seed(run_dir)
+        record = final_test_record(evaluations, "train", seed) or final_test_record(evaluations, "eval", seed)
+        if record is None:
+            continue
+        rel = osp.relpath(run_dir, root)
+        dataset_id = rel.replace(os.sep, "/").split("/")[-2] if "evaluation" in rel.split(os.sep) else ""
+        runs.append(RunResult(rel, run_protocol(rel, dataset_id), record))
+    return runs
+
+
+def _run_cost(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The --cost values of one record (None where the record does not have them, e.g. written before costs)."""
+    cost = record.get("cost") if isinstance(record.get("cost"), dict) else {}
+    seconds = cost.get("train_time_s")
+    hours = seconds / 3600.0 if isinstance(seconds, (int, float)) else None
+    flops, memory = cost.get("train_step_flops"), cost.get("peak_memory_bytes")
+    return {
+        "trainable_params": cost.get("trainable_params"),
+        "train_step_gflops": flops / 1e9 if isinstance(flops, (int, float)) else None,
+        "train_h": hours,
+        "train_h_total": hours,
+        # device-hours of the processes that trained: GPU-hours on CUDA (CPU runs: CPU-process-hours)
+        "gpu_h_total": hours * (cost.get("world_size") or 1) if hours is not None else None,
+        "eval_images_per_s": cost.get("eval_images_per_s"),
+        "peak_memory_gib": memory / 2**30 if isinstance(memory, (int, float)) else None,
+        "device": cost.get("device"),
+        "precision": cost.get("precision"),
+        "world_size": cost.get("world_size"),
+    }
+
+
+def metrics_rows(runs: Sequence[RunResult], cost: bool = False) -> List[Dict[str, Any]]:
+    """One row per (protocol, dataset, class subset, shots, method): the mean over its runs (seeds) of each metric
+    (over the runs that recorded it; None if none did) and, with ``cost``, the cost columns."""
+    groups: Dict[Tuple, List[RunResult]] = {}
+    for run in runs:
+        r = run.record
+        key = (run.protocol, str(r.get("dataset", "-")), str(r.get("subsample", "-")), str(r.get("shots", "-")),
+               str(r.get("trainer") or "-"))
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for key in sorted(groups):
+        members = groups[key]
+        row: Dict[str, Any] = dict(zip(["protocol", "dataset", "classes", "shots", "method"], key))
+        row["seeds"] = len(members)
+        values = [dict(m.record) for m in members]
+        if cost:
+            for value, m in zip(values, members):
+                value.update(_run_cost(m.record))
+        columns = METRIC_COLUMNS + (COST_COLUMNS if cost else [])
+        for field_name, _ in columns:
+            found = [v[field_name] for v in values if v.get(field_name) is not None]
+            if not found:
+                row[field_name] = None
+            elif not all(isinstance(x, (int, float)) for x in found):
+                row[field_name] = ", ".join(sorted({str(x) for x in found}))
+            elif field_name.endswith("_total"):
+                row[field_name] = sum(found)
+            else:
+                row[field_name] = sum(found) / len(found)
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any, field_name: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if field_name in ("trainable_params", "seeds", "world_size"):
+        return f"{value:,.0f}"
+    if field_name in ("train_h", "train_h_total", "gpu_h_total"):
+        return f"{value:.4f}"
+    return f"{value:.2f}" if field_name != "nll" else f"{value:.4f}"
+
+
+def metrics_table(rows: Sequence[Dict[str, Any]], cost: bool = False) -> Tuple[List[str], List[List[str]]]:
+    """(header, formatted rows) of the --metrics table (missing values: ``-``)."""
+    keys = ["protocol", "dataset", "classes", "shots", "method", "seeds"]
+    columns = METRIC_COLUMNS + (COST_COLUMNS if cost else [])
+    header = keys + [title for _, title in columns]
+    return header, [[_cell(row[k], k) for k in keys] + [_cell(row[f], f) for f, _ in columns] for row in rows]
+
+
+def latex_escape(text: str) -> str:
+    text = text.replace("\\", r"\textbackslash{}")
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("·", r"$\cdot$")
+
+
+def latex_tabular(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """A booktabs ``tabular`` (first column left-aligned, the others right-aligned)."""
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    for row in rows:
+        cells = [latex_escape(c.strip()) for c in row]
+        cells = [r"\textbf{" + c[2:-2] + "}" if c.startswith("**") and c.endswith("**") else c for c in cells]
+        lines.append(" & ".join(cells) + r" \\")
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def latex_from_markdown(lines: Sequence[str]) -> List[str]:
+    """The markdown of the paper tables as LaTeX: each ``|`` table a booktabs tabular, titles and notes comments."""
+    out: List[str] = []
+    table: List[List[str]] = []
+    for line in list(lines) + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):  # the markdown separator line
+                table.append(line.strip().strip("|").split("|"))
+            continue
+        if table:
+            out += latex_tabular([c.strip() for c in table[0]], table[1:])
+            table = []
+        if line.startswith("### "):
+            out.append(f"% {line[4:]}")
+        elif line:
+            out.append(f"% {line}")
+    return out
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt_name: str) -> str:
+    """A table as markdown, csv or latex text."""
+    if fmt_name == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return buffer.getvalue().rstrip("\n")
+    if fmt_name == "latex":
+        return "\n".join(latex_tabular(header, rows))
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def pooled_reliability(runs: Sequence[RunResult]) -> Dict[str, Dict[str, Any]]:
+    """``{method: reliability bins}`` pooled over the runs (counts summed, accuracy and confidence weighted by the
+    counts), from the records' ``reliability`` entries; methods none of whose records has them are left out."""
+    pooled: Dict[str, Dict[str, Any]] = {}
+    for run in runs:
+        bins = run.record.get("reliability")
+        if not isinstance(bins, dict):
+            continue
+        method = str(run.record.get("trainer") or "-")
+        m = bins["bins"]
+        acc = pooled.setdefault(method, {"bins": m, "count": [0] * m, "acc_sum": [0.0] * m, "conf_sum": [0.0] * m})
+        if acc["bins"] != m:
+            continue  # other binning: not poolable
+        for i in range(m):
+            c = bins["count"][i]
+            if c:
+                acc["count"][i] += c
+                acc["acc_sum"][i] += c * bins["accuracy"][i]
+                acc["conf_sum"][i] += c * bins["confidence"][i]
+    return {method: {"bins": p["bins"], "count": p["count"],
+                     "accuracy": [s / c if c else None for s, c in zip(p["acc_sum"], p["count"])],
+                     "confidence": [s / c if c else None for s, c in zip(p["conf_sum"], p["count"])]}
+            for method, p in sorted(pooled.items())}
+
+
+def plot_reliability_methods(runs: Sequence[RunResult], path: str, title: str) -> List[str]:
+    """Side-by-side reliability diagrams, one panel per method (pooled over ``runs``); returns the methods drawn."""
+    import matplotlib  # imported here: slow, and only needed for --reliability
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    from dassl.evaluation.outputs import plot_reliability
+
+    pooled = pooled_reliability(runs)
+    methods = list(pooled) or ["(no calibration records)"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.8), squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        if method in pooled:
+            plot_reliability(ax, pooled[method], f"{method} ({title})")
+        else:
+            ax.set_title(method)
+            ax.axis("off")
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return list(pooled)
+
+
+def clip_benchmark_model(backbone: str) -> Tuple[str, str]:
+    """CLIP_benchmark's ``(model, pretrained)`` for a ``MODEL.BACKBONE.NAME``: ``ViT-B/16`` -> ``(ViT-B-16, openai)``,
+    ``open_clip:M/T`` -> ``(M, T)``, ``open_clip:M@F`` -> ``(M, F)``, ``random:X`` -> ``(X, random)``, a file ->
+    ``(its file name, file)``."""
+    if backbone.startswith("random:"):
+        return backbone[len("random:"):].replace("open_clip:", ""), "random"
+    if backbone.startswith("open_clip:"):
+        spec = backbone[len("open_clip:"):]
+        model, sep, source = spec.partition("@") if "@" in spec else spec.partition("/")
+        return model, source if sep else ""
+    if osp.sep in backbone or backbone.endswith((".pt", ".pth", ".bin")):
+        return osp.basename(backbone), "file"
+    return backbone.replace("/", "-"), "openai"
+
+
+def clip_benchmark_json(run: RunResult) -> Dict[str, Any]:
+    """One run's result in CLIP_benchmark's layout (metrics as fractions in [0, 1]; ``acc5`` null with < 5
+    classes); our own fields under ``hicropl``."""
+    r = run.record
+    model, pretrained = clip_benchmark_model(str(r.get("backbone") or ""))
+
+    def fraction(key: str) -> Optional[float]:
+        value = r.get(key)
+        return value / 100.0 if isinstance(value, (int, float)) else None
+
+    trainer = r.get("trainer")
+    return {
+        "dataset": r.get("dataset"),
+        "model": model,
+        "pretrained": pretrained,
+        "task": "zeroshot_classification" if trainer == "ZeroshotCLIP" else "prompt_learning_classification",
+        "metrics": {"acc1": fraction("accuracy"), "acc5": fraction("acc5"),
+                    "mean_per_class_recall": fraction("mean_per_class_recall")},
+        "language": "en",
+        "hicropl": {"run_dir": run.run_dir, "protocol": run.protocol, "method": trainer, "seed": model_seed(r),
+                    "subsample": r.get("subsample"), "shots": r.get("shots"), "n": r.get("n"),
+                    **{k: r.get(k) for k in ("nll", "ece", "mce", "aece")}},
+    }
+
+
+def export_clip_benchmark(runs: Sequence[RunResult], directory: str) -> List[str]:
+    """Write ``<directory>/<run dir with / as __>.json`` per run (atomically); returns the paths."""
+    paths = []
+    for run in runs:
+        path = osp.join(directory, run.run_dir.replace(os.sep, "__") + ".json")
+        text = json.dumps(clip_benchmark_json(run), indent=2) + "\n"
+
+        def write(tmp: str, text: str = text) -> None:
+            with open(tmp, "w") as f:
+                f.write(text)
+
+        write_atomically(path, write)
+        paths.append(path)
+    return paths
+
+
+def metrics_main(args: argparse.Namespace, protocols: Sequence[str]) -> int:
+    """--metrics / --cost / --reliability / --format clip_benchmark on the runs of ``protocols``."""
+    runs = [r for r in find_runs(args.output_root) if r.protocol in protocols or args.protocol == "all"]
+    if args.format == "clip_benchmark":
+        if not args.export_dir:
+            print("error: --format clip_benchmark needs --export-dir DIR", file=sys.stderr)
+            return 2
+        for path in export_clip_benchmark(runs, args.export_dir):
+            print(path)
+    elif args.metrics or args.cost:
+        rows = metrics_rows(runs, args.cost)
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+        else:
+            header, cells = metrics_table(rows, args.cost)
+            print(render(header, cells, args.format))
+            if args.format == "markdown":
+                print("\nacc, acc5, mpcr (mean per-class recall), F1, ECE, MCE, aECE in %, NLL in nats: mean over "
+                      "the seeds of each row; `-` = not recorded." + (
+                          " Cost: per-run means, except train h and GPU·h (sums over the row's runs; GPU·h = "
+                          "training wall hours x processes)." if args.cost else ""))
+    if args.reliability:
+        title = args.protocol if args.protocol != "all" else "all protocols"
+        drawn = plot_reliability_methods(runs, args.reliability, title)
+        print(f"Reliability diagrams of {', '.join(drawn) or 'no method'} written to {args.reliability}",
+              file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def trainer_table(args: argparse.Namespace, paper: Dict[str, Any], protocol: str, trainer: str) -> Table:
+    """The table of one protocol for one trainer, on its published config unless overridden."""
+    paper = paper_for(paper, trainer)
+    if protocol == "base2new":
+        return base2new_table(args.output_root, paper, args.datasets or B2N_DATASETS, trainer, args.b2n_config)
+    if protocol == "fewshot":
+        return fewshot_table(args.output_root, paper, args.datasets or B2N_DATASETS, trainer,
+                             args.fewshot_config or default_config(trainer, "fewshot"))
+    default_targets = XD_TARGETS if protocol == "xd" else DG_TARGETS
+    return transfer_table(protocol, args.output_root, paper, args.datasets or default_targets, args.source, trainer,
+                          args.xd_config or default_config(trainer, "xd"))
+
+
 def build_tables(args: argparse.Namespace, paper: Dict[str, Any], protocols: Sequence[str]) -> List[Table]:
+    """One table per protocol: a column group per trainer (``--trainer``, else those found, else HiCroPL).
+
+    A found trainer without a published config (``PROTOCOL_CONFIGS``) is tabulated only with a ``--*-config``."""
     tables = []
     for protocol in protocols:
         if protocol == "ablation":
-            tables += [ablation_table(t, args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
+            trainer = args.trainer[0] if args.trainer else TRAINER
+            tables += [ablation_table(t, args.output_root, paper, args.datasets or B2N_DATASETS, trainer,
                                       args.b2n_config) for t in args.tables or load_ablations()]
-        elif protocol == "base2new":
-            tables.append(base2new_table(args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
-                                         args.b2n_config))
-        elif protocol == "fewshot":
-            tables.append(fewshot_table(args.output_root, paper, args.datasets or B2N_DATASETS, args.trainer,
-                                        args.fewshot_config))
-        else:
-            default_targets = XD_TARGETS if protocol == "xd" else DG_TARGETS
-            tables.append(transfer_table(protocol, args.output_root, paper, args.datasets or default_targets,
-                                         args.source, args.trainer, args.xd_config))
+            continue
+        overridden = {"base2new": args.b2n_config, "fewshot": args.fewshot_config}.get(protocol, args.xd_config)
+        trainers = args.trainer or [t for t in found_trainers(args.output_root, protocol)
+                                    if overridden or default_config(t, protocol)] or [TRAINER]
+        per_trainer = [(trainer, trainer_table(args, paper, protocol, trainer)) for trainer in trainers]
+        tables.append(per_trainer[0][1] if len(per_trainer) == 1 else side_by_side(per_trainer))
     return tables
 
 
@@ -620,12 +1086,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset ids to tabulate (default: the paper's datasets of each table; for xd/dg: "
                              "the targets)")
     parser.add_argument("--source", default="imagenet", help="source dataset id of xd/dg (default: imagenet)")
-    parser.add_argument("--trainer", default=TRAINER, help=f"trainer folder name (default: {TRAINER})")
-    parser.add_argument("--b2n-config", help=f"base-to-novel config folder for every dataset (default: "
-                                             f"{CFG_B2N_IMAGENET} for imagenet, {CFG_B2N} otherwise)")
-    parser.add_argument("--fewshot-config", default=CFG_FEWSHOT, help="few-shot config folder prefix")
-    parser.add_argument("--xd-config", default=CFG_XD, help="cross-dataset / DG config folder prefix")
+    parser.add_argument("--trainer", nargs="+", metavar="TRAINER",
+                        help=f"trainer folder name(s), one column group each (default: every trainer found with a "
+                             f"published config, else {TRAINER})")
+    parser.add_argument("--b2n-config", help=f"base-to-novel config folder for every dataset and trainer (default: "
+                                             f"each trainer's, PROTOCOL_CONFIGS; HiCroPL: {CFG_B2N_IMAGENET} for "
+                                             f"imagenet, {CFG_B2N} otherwise)")
+    parser.add_argument("--fewshot-config", help=f"few-shot config folder prefix (default: each trainer's; HiCroPL: "
+                                                 f"{CFG_FEWSHOT})")
+    parser.add_argument("--xd-config", help=f"cross-dataset / DG config folder prefix (default: each trainer's; "
+                                            f"HiCroPL: {CFG_XD})")
+    parser.add_argument("--default-config", nargs=3, metavar=("TRAINER", "PROTOCOL", "DATASET"),
+                        help="only print the published config name of TRAINER for PROTOCOL on DATASET (exit 1 if "
+                             "there is none)")
     parser.add_argument("--paper", default=PAPER_FILE, help="paper numbers (default: scripts/paper_results.json)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                        help="output format (default markdown; --csv = --format csv); clip_benchmark writes one "
+                             "JSON per run in CLIP_benchmark's layout into --export-dir")
+    parser.add_argument("--export-dir", metavar="DIR", help="folder for --format clip_benchmark")
+    parser.add_argument("--metrics", action="store_true",
+                        help="instead of the paper tables: accuracy, top-5, mean per-class recall, macro-F1, NLL and "
+                             "calibration (ECE, MCE, adaptive ECE) of every method found, per protocol and dataset")
+    parser.add_argument("--cost", action="store_true",
+                        help="the --metrics table with cost columns (parameters, FLOPs, training time, GPU-hours, "
+                             "throughput, memory, device)")
+    parser.add_argument("--reliability", metavar="PNG",
+                        help="also write the reliability diagrams of the methods found (pooled over the runs of "
+                             "--protocol), side by side, to this image file")
     parser.add_argument("--finished", metavar="RUN_DIR",
                         help="only check: exit 0 if RUN_DIR/results.json holds the run's final test result, else 1")
     parser.add_argument("--run-kind", choices=RUN_KINDS, default="train",
@@ -635,9 +1122,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.default_config:
+        config = default_config(*args.default_config)
+        if config:
+            print(config)
+        return 0 if config else 1
     if args.finished:
         evaluations = read_evaluations(args.finished)
-        return 0 if evaluations is not None and final_test_record(evaluations, args.run_kind) else 1
+        fits = evaluations is not None and final_test_record(evaluations, args.run_kind, folder_seed(args.finished))
+        return 0 if fits else 1
 
     if not osp.isdir(args.output_root):
         print(f"error: output root {args.output_root} is not a directory; pass the OUTPUT of scripts/hicropl/*.sh",
@@ -649,9 +1142,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: cannot read the paper numbers from {args.paper} ({e})", file=sys.stderr)
         return 2
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
+    args.format = args.format or ("csv" if args.csv else "markdown")
+    if args.metrics or args.cost or args.reliability or args.format == "clip_benchmark":
+        return metrics_main(args, protocols)
     tables = build_tables(args, paper, protocols)
 
-    if args.csv:
+    if args.format == "json":
+        print(json.dumps([row for table in tables for row in csv_rows(table)], indent=2))
+    elif args.format == "latex":
+        print("\n".join(latex_from_markdown([line for table in tables for line in markdown_lines(table)])))
+    elif args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         for table in tables:
@@ -660,6 +1160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\n".join(line for table in tables for line in markdown_lines(table)))
     if args.plot:
         fewshot = next((t for t in tables if t.name == "fewshot"), None) or build_tables(args, paper, ["fewshot"])[0]
+        if len(fewshot.trainers) > 1:  # the curves of the first trainer
+            fewshot = trainer_table(args, paper, "fewshot", fewshot.trainers[0])
         plot_fewshot(fewshot, args.plot)
     return 0
 

@@ -128,16 +128,17 @@ def test_checkpoints_are_atomic_weights_only_files(tmp_path, capsys):
     assert f'Best checkpoint saved to "{tmp_path / "m" / "model-best.pth.tar"}"' in out
 
 
-def test_results_json_replaces_records_with_the_same_key(tmp_path):
+def test_results_json_is_append_only(tmp_path):
     path = str(tmp_path / "results.json")
     append_result(path, {"split": "val", "epoch": 1, "checkpoint": None, "accuracy": 50.0})
     append_result(path, {"split": "test", "epoch": 1, "checkpoint": "/m/model-best.pth.tar", "accuracy": 60.0})
-    append_result(path, {"split": "val", "epoch": 1, "checkpoint": None, "accuracy": 55.0})
+    append_result(path, {"split": "val", "epoch": 1, "checkpoint": None, "accuracy": 55.0})  # same key: kept both
+    append_result(path, {"split": "val", "epoch": 1, "checkpoint": None, "accuracy": 50.0})  # equal record: once
     with open(path) as f:
         data = json.load(f)
-    assert data["schema"] == 1
-    assert [(r["split"], r["accuracy"]) for r in data["evaluations"]] == [("test", 60.0), ("val", 55.0)]
-    assert [p for p in os.listdir(tmp_path) if p != "results.json"] == []  # no temp files left behind
+    assert data["schema"] == 2
+    assert [(r["split"], r["accuracy"]) for r in data["evaluations"]] == [("val", 50.0), ("test", 60.0), ("val", 55.0)]
+    assert [p for p in os.listdir(tmp_path) if p != "results.json"] == []  # no temp or lock files left behind
 
     with open(path, "w") as f:
         f.write("{not json")

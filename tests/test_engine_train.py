@@ -182,10 +182,10 @@ def test_train_writes_dassl_outputs(trained):
 
 def test_results_json_records_every_evaluation(trained):
     results = read_results(trained)
-    assert results["schema"] == 1
+    assert results["schema"] == 2
     records = results["evaluations"]
     assert [(r["split"], r["epoch"]) for r in records[:2]] == [("val", 1), ("val", 2)]
-    assert [r["split"] for r in records] == ["val", "val", "test"]
+    assert [(r["split"], r["stage"]) for r in records] == [("val", "epoch"), ("val", "epoch"), ("test", "final")]
     for r in records:
         assert r["n"] == (80 if r["split"] == "val" else 120)  # ToyShapes: 8 val / 12 test per class, 10 classes
         assert math.isclose(r["accuracy"], 100.0 * r["correct"] / r["n"])

@@ -7,6 +7,9 @@
 2. Real runs on the built-in ToyShapes dataset with a tiny random CLIP for one epoch (one seed, one K): the output
    tree of SPEC §7 exists, a rerun skips finished runs, a partial run resumes, and parse_results.py turns the
    tree into tables whose numbers are those of the results files.
+3. ``scripts/launch.py`` runs the same base-to-novel and cross-dataset runs on a pool of two fake GPUs in parallel;
+   interrupted mid-grid and launched again, it finishes without repeating finished runs, with the accuracies of the
+   sequential drivers' runs (its other tests: test_protocols_launch.py).
 """
 import csv
 import io
@@ -14,14 +17,17 @@ import json
 import os
 import os.path as osp
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SCRIPTS = osp.join(REPO, "scripts", "hicropl")
 PARSER = osp.join(REPO, "scripts", "parse_results.py")
+LAUNCH = osp.join(REPO, "scripts", "launch.py")
 
 ALL_11 = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
           "sun397", "dtd", "eurosat", "ucf101"]
@@ -39,7 +45,7 @@ TINY_OPTS = ("MODEL.BACKBONE.NAME random:tiny TRAINER.HICROPL.TEACHER_NAME rando
 
 
 # Environment variables the scripts read: the caller's values must not leak into the tests.
-SCRIPT_ENV = ("DATASETS", "SEEDS", "SOURCE", "SHOTS", "SHOTS_LIST", "CFG", "B2N_LOAD_EPOCH", "XD_LOAD_EPOCH",
+SCRIPT_ENV = ("TRAINER", "DATASETS", "SEEDS", "SOURCE", "SHOTS", "SHOTS_LIST", "CFG", "B2N_LOAD_EPOCH", "XD_LOAD_EPOCH",
               "EXTRA_OPTS", "DRY_RUN", "DATA", "OUTPUT")
 
 
@@ -315,3 +321,62 @@ def test_parse_results_matches_results_files(toy_tree, tmp_path):
     png = tmp_path / "fewshot.png"
     parse(out, "--protocol", "fewshot", "--plot", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scripts/launch.py: the same runs on a local pool of (fake) GPUs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def launch_env(**overrides):
+    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV and k != "CUDA_VISIBLE_DEVICES"}
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **overrides)
+    return env
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_launch_pool_interrupted_and_relaunched_matches_drivers(toy_tree, tmp_path):
+    seq, env, _ = toy_tree
+    source = seq / "toy_shapes" / "HiCroPL" / f"{XD_CFG}_16shots" / "seed1"
+    target = seq / "evaluation" / "HiCroPL" / f"{XD_CFG}_16shots" / "toy_shapes" / "seed1"
+    runs = [b2n_dir(seq, "train_base"), b2n_dir(seq, "test_new"), source, target]
+    reference = {str(run.relative_to(seq)): final_test(run)["accuracy"] for run in runs}
+    out = tmp_path / "pool"
+    env = launch_env(**{**env, "OUTPUT": str(out)})
+    command = [sys.executable, LAUNCH, "base2new,cross_dataset", "--gpus", "7,9"]  # 2 trainings, then 2 tests
+
+    with open(tmp_path / "launch1.txt", "w") as log:
+        first = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "] done " in (tmp_path / "launch1.txt").read_text(), 240, "a first finished run")
+            first.send_signal(signal.SIGINT)
+            assert first.wait(120) == 130
+        finally:
+            if first.poll() is None:
+                first.kill()
+    text = (tmp_path / "launch1.txt").read_text()
+    assert "running 2" in text  # two runs at once, one per fake device
+    assert "interrupted" in text and "launch the same command again" in text
+    finished = {p: os.stat(p).st_mtime_ns for p in out.rglob("results.json")
+                if "test" in [r["split"] for r in json.loads(p.read_text())["evaluations"]]}
+    assert 1 <= len(finished) < 4
+
+    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{4 - len(finished)} run(s) to do, {len(finished)} already finished" in proc.stdout
+    assert f"summary: {4 - len(finished)} done, 0 failed" in proc.stdout
+    assert {p: os.stat(p).st_mtime_ns for p in finished} == finished  # finished runs were not run again
+    got = {osp.relpath(osp.dirname(p), out): final_test(osp.dirname(p))["accuracy"]
+           for p in map(str, out.rglob("results.json"))}
+    assert got == pytest.approx(reference)
+    logs = sorted((out / "launch_logs").iterdir())
+    assert len(logs) == 4
+    assert all("CUDA_VISIBLE_DEVICES=7" in p.read_text() or "CUDA_VISIBLE_DEVICES=9" in p.read_text() for p in logs)

@@ -14,6 +14,7 @@ Fault injection (test code applied inside the child before train.py runs; the co
   {"kind": "kill_before_replace", "name": N, "nth": k} the k-th ``os.replace(tmp, .../N)`` SIGKILLs the process
                                                        before renaming (the temp file is complete)
   {"kind": "kill_at_call", "function": "pkg.mod.f", "nth": k}  the k-th call of module attribute f SIGKILLs
+  {"kind": "stop_at_call", "function": "pkg.mod.f", "nth": k}  ... SIGSTOPs the process (alive, holding its locks)
   "when_stdout_contains": S (any kill fault)           count only calls made after the run printed S
   {"kind": "nan_input", "trainer": T, "epoch": e, "batch": b}   trainer T sees NaN images at 1-based (e, b)
 """
@@ -84,12 +85,16 @@ def install_faults(faults, stdout_path):
                     die()
                 return _real(src, dst, *args, **kwargs)
             os.replace = replace
-        elif kind == "kill_at_call":
+        elif kind in ("kill_at_call", "stop_at_call"):
             module_name, attr = fault["function"].rsplit(".", 1)
             module = importlib.import_module(module_name)
             def at_call(*args, _fault=fault, _real=getattr(module, attr), **kwargs):
                 if hit(_fault):
-                    die()
+                    if _fault["kind"] == "stop_at_call":
+                        sys.stdout.flush()
+                        os.kill(os.getpid(), signal.SIGSTOP)
+                    else:
+                        die()
                 return _real(*args, **kwargs)
             setattr(module, attr, at_call)
         elif kind == "nan_input":

@@ -7,6 +7,6 @@ own modules load first, so a dropped-in duplicate can never displace them.
 """
 from common.modules import import_package_modules
 
-LIBRARY_MODULES = ("config", "hicropl", "zsclip")
+LIBRARY_MODULES = ("config", "shared", "hicropl", "zsclip", "coop", "cocoop", "kgcoop", "tcp", "linear_probe")
 
 import_package_modules(__name__, __path__, first=LIBRARY_MODULES)

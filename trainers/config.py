@@ -4,8 +4,9 @@ yacs refuses keys that do not exist in the defaults tree, so every key a trainer
 declared here, before any yaml or command-line value is merged. Types matter: yacs rejects
 int <-> float changes, so float defaults are written with a dot.
 
-The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL) and
-``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP).
+The values are validated in one place: ``trainers.hicropl.check_hicropl_cfg`` (HiCroPL),
+``trainers.zsclip.check_zsclip_cfg`` (zero-shot CLIP) and each comparison method's ``check_cfg`` (trainers/coop.py,
+cocoop.py, kgcoop.py, tcp.py, linear_probe.py).
 """
 import torch
 from yacs.config import CfgNode as CN
@@ -20,11 +21,13 @@ MAPPER_SCALES = ("multi", "single")
 COMPRESSIONS = ("lkp", "mean", "mlp")
 CONSISTENCY_TARGETS = ("descriptions", "template", "imagenet_templates", "random_description")
 CONSISTENCY_CRITERIA = ("cosine", "l1", "mse")
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 EVAL_FEATURE_CACHES = ("disk", "memory", "off")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
-    """Add ``TRAINER.HICROPL`` and ``TRAINER.ZSCLIP`` to ``cfg`` in place, and ``OPTIM.EPS`` when the engine lacks it."""
+    """Add ``TRAINER.HICROPL``, ``ZSCLIP``, ``COOP``, ``COCOOP``, ``KGCOOP``, ``TCP`` and ``LP`` to ``cfg`` in place,
+    and ``OPTIM.EPS`` when the engine lacks it."""
     if "OPTIM" in cfg and "EPS" not in cfg.OPTIM:
         # Adam's epsilon (float > 0; HiCroPL configs: 1e-3). HiCroPL's vendored Dassl (and ours) declare it; the
         # original Dassl.pytorch does not and builds Adam with torch's 1e-8, so our trainers apply it themselves
@@ -122,6 +125,52 @@ def add_trainer_cfg(cfg: CN) -> None:
     cfg.TRAINER.ZSCLIP.DESCRIPTIONS = ""
     # Precision, one of PRECISIONS except "amp": "fp32", "fp16" (CUDA only), "bf16" (autocast).
     cfg.TRAINER.ZSCLIP.PREC = "fp32"
+
+    # --- comparison methods (../shared/methods fact sheets; published values in configs/trainers/<Method>/) -----------
+    # CoOp's own names and defaults, so that CoOp's configs and command lines run unchanged.
+    cfg.TRAINER.COOP = CN()
+    # Context length M (int >= 1; ignored when CTX_INIT is set: M = its token count).
+    cfg.TRAINER.COOP.N_CTX = 16
+    # Class-specific context (bool): one (M, D) context per class instead of one shared by all classes.
+    cfg.TRAINER.COOP.CSC = False
+    # Words that initialise the context (str, "_" = space; "" = random N(0, 0.02^2) init); published: "a photo of a".
+    cfg.TRAINER.COOP.CTX_INIT = ""
+    # Precision, one of PRECISIONS (as TRAINER.HICROPL.PREC); released default "fp16" (CUDA only).
+    cfg.TRAINER.COOP.PREC = "fp16"
+    # Where the class-name tokens sit, one of CLASS_TOKEN_POSITIONS: "end" ([SOT] ctx name . EOT), "middle"
+    # ([SOT] ctx[:M/2] name ctx[M/2:] . EOT) or "front" ([SOT] name ctx . EOT).
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
+
+    cfg.TRAINER.COCOOP = CN()
+    # As TRAINER.COOP: context length (int >= 1, ignored with CTX_INIT), init words (str), precision (PRECISIONS).
+    cfg.TRAINER.COCOOP.N_CTX = 16
+    cfg.TRAINER.COCOOP.CTX_INIT = ""
+    cfg.TRAINER.COCOOP.PREC = "fp16"
+
+    cfg.TRAINER.KGCOOP = CN()
+    # As TRAINER.COOP (KgCoOp is unified CoOp with the class token at the end): N_CTX (int >= 1, ignored with
+    # CTX_INIT), CTX_INIT (str; published "a photo of a"), PREC (PRECISIONS).
+    cfg.TRAINER.KGCOOP.N_CTX = 4
+    cfg.TRAINER.KGCOOP.CTX_INIT = "a photo of a"
+    cfg.TRAINER.KGCOOP.PREC = "fp16"
+    # Weight W of the knowledge term W * (1 - mean_k cos(w_k, w_k^clip)) (float >= 0; published 8.0).
+    cfg.TRAINER.KGCOOP.W = 8.0
+
+    cfg.TRAINER.TCP = CN()
+    # Context length M (int >= 1; published 4), CTX_INIT (str; published "" = random), PREC (PRECISIONS).
+    cfg.TRAINER.TCP.N_CTX = 4
+    cfg.TRAINER.TCP.CTX_INIT = ""
+    cfg.TRAINER.TCP.PREC = "fp16"
+    # Text block (0-based) at whose input the class-aware tokens replace the context positions (int in
+    # [1, text layers - 1]; published 8 of ViT-B/16's 12).
+    cfg.TRAINER.TCP.LAYER = 8
+    # Weight of the knowledge term W * (1 - mean_k cos(w_k, w_k^clip)) (float >= 0; published 8.0).
+    cfg.TRAINER.TCP.W = 8.0
+
+    cfg.TRAINER.LP = CN()
+    # Linear-probe CLIP (trainers/linear_probe.py): rounds of the interval search for C after the coarse sweep
+    # (int >= 0; published 8).
+    cfg.TRAINER.LP.NUM_STEP = 8
 
 
 def apply_optim_eps(optimizer: torch.optim.Optimizer, optim_cfg: CN) -> None:

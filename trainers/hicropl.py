@@ -827,6 +827,14 @@ class HiCroPL(TrainerX):
     ``VLPromptLearner`` (the CustomCLIP; its checkpoints hold only the prompt learner)."""
 
     model_name = "VLPromptLearner"
+    # Checkpoint metadata (dassl.engine.identity; plain attributes, unused on the real Dassl): keys that give the
+    # learned tensors their shape or meaning must match on load; activation checkpointing changes no result, so it
+    # is not part of the run identity.
+    load_keys = ("MODEL.BACKBONE.NAME",) + tuple(
+        f"TRAINER.HICROPL.{key}"
+        for key in ("N_CTX", "CTX_INIT", "PROMPT_DEPTH", "CROSS_LAYER", "MAPPER_MODE", "MAPPER_HEADS")
+    )
+    identity_excluded_keys = ("TRAINER.HICROPL.TEXT_CHECKPOINTING",)
 
     def check_cfg(self, cfg: CfgNode) -> None:
         device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")

@@ -84,6 +84,8 @@ class ZeroshotClassifier(nn.Module):
 class ZeroshotCLIP(TrainerX):
     """Zero-shot CLIP: builds the text classifier once; registers no model (nothing to save or load)."""
 
+    cfg_node = "ZSCLIP"  # its config node (TRAINER.ZSCLIP), part of the identity in its results.json records
+
     def check_cfg(self, cfg: CfgNode) -> None:
         device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
         check_zsclip_cfg(cfg.TRAINER.ZSCLIP, device)

@@ -19,6 +19,11 @@ _C.OUTPUT_DIR = "./output"
 # Folder to resume from ("" -> OUTPUT_DIR itself: rerunning a command in a folder that holds
 # checkpoints continues that run).
 _C.RESUME = ""
+# Resuming with a config whose run identity (dassl/engine/identity.py: seed, data, model, optimiser and schedule,
+# trainer node) differs from the checkpoint's stops with an error naming the keys; True -> continue under the new
+# values and record the change (checkpoints, identity.json, results.json "model_identity_changes"). Never
+# accepts a change of a key the checkpoint's weights depend on (the trainer's load_keys). True/False.
+_C.ACCEPT_CONFIG_CHANGE = False
 # Random seed for Python, NumPy and torch; negative -> not seeded (few-shot caches are then named seed_-1).
 _C.SEED = -1
 # Use CUDA when available (True/False); False or no GPU -> CPU.
@@ -195,6 +200,9 @@ _C.TRAIN.PRINT_FREQ = 10
 _C.TRAIN.COUNT_ITER = "train_x"
 # Show a tqdm bar (stderr) over the batches of each training epoch (True/False); not in Dassl.
 _C.TRAIN.PROGRESS_BAR = False
+# Count the FLOPs of the run's first training step with torch.utils.flop_counter.FlopCounterMode (True/False); not
+# in Dassl. Stored in results.json (cost.train_step_flops); the counted step trains exactly as an uncounted one.
+_C.TRAIN.COUNT_FLOPS = True
 
 ###########################
 # Test
@@ -206,6 +214,13 @@ _C.TEST.EVALUATOR = "Classification"
 _C.TEST.PER_CLASS_RESULT = False
 # Save the row-normalised confusion matrix to <OUTPUT_DIR>/cmat.pt (True/False).
 _C.TEST.COMPUTE_CMAT = False
+# Not in Dassl (files of one evaluation in a new <OUTPUT_DIR>/evaluations/<split>-<stage>-ep<E>-<time>/ folder,
+# named in its results.json record, see dassl/evaluation/outputs.py):
+# write predictions.csv (per image: path, label, top-5 classes and probabilities), per_class.csv and
+# confusion_matrix.csv (True/False). TEST.PER_CLASS_RESULT / COMPUTE_CMAT alone also write their file there.
+_C.TEST.SAVE_PREDICTIONS = False
+# Draw the reliability diagram of every evaluation as reliability.png (True/False).
+_C.TEST.RELIABILITY_DIAGRAM = False
 # Skip every evaluation during and after training (True/False).
 _C.TEST.NO_TEST = False
 # Split of the final / --eval-only evaluation: "test" or "val".

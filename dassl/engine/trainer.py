@@ -28,7 +28,9 @@ the processes, only rank 0 writes files, and the replicas are checked to be iden
 """
 import datetime
 import functools
+import hashlib
 import os.path as osp
+import shutil
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -62,6 +64,7 @@ from dassl.utils import (
     load_checkpoint,
     mkdir_if_missing,
     read_checkpoint_meta,
+    read_json,
     remove_stale_temp_files,
     restore_from_checkpoint,
     save_checkpoint,
@@ -69,13 +72,35 @@ from dassl.utils import (
     set_rng_state,
     tolist_if_not,
     UserError,
+    write_json,
 )
+from dassl.evaluation.outputs import new_evaluation_dir, write_evaluation_files
 
+from .cost import count_flops, device_name, peak_memory, trainable_parameters
+from .identity import format_diff, identity_diff, run_identity
 from .results import append_result
 
 __all__ = ["TrainerBase", "SimpleTrainer", "TrainerX"]
 
 Names = Optional[Union[str, List[str]]]
+
+# <OUTPUT_DIR>/identity.json: the identity of the training run that owns the output dir (see dassl.engine.identity).
+IDENTITY_FILE = "identity.json"
+
+
+def weights_sha256(models: Dict[str, nn.Module]) -> str:
+    """Hex SHA-256 of the models' state dicts (names, keys, dtypes, shapes and bytes, in order).
+
+    What results.json says was evaluated, by content: equal weights give equal hashes, whatever file they came from
+    (checkpoint files themselves differ between saves: random-number states, torch's per-save serialization id).
+    """
+    digest = hashlib.sha256()
+    for name, model in models.items():
+        for key, value in model.state_dict().items():
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{name}/{key}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _track_loaded_model(load_model: Callable) -> Callable:
@@ -102,6 +127,19 @@ class TrainerBase:
         # loaded from a file); written into every results.json record.
         self._model_epoch: Optional[int] = None
         self._model_checkpoint: Optional[str] = None
+        # What a loaded checkpoint holds and says about itself (results.json): the hash of the weights loaded, the
+        # training identity and the identity changes accepted while it was trained (None / [] without metadata).
+        self._weights_sha256: Optional[str] = None
+        self._model_identity: Optional[Dict[str, Any]] = None
+        self._model_identity_changes: List[Dict[str, Any]] = []
+        # Why the model is evaluated (results.json "stage"): "epoch" (during training), "final" (after training),
+        # "eval" (anything else, e.g. an --eval-only run).
+        self._stage = "eval"
+        # Cost of this process's training (results.json "cost"): wall seconds in run_epoch, the FLOPs of one
+        # training step (counted on the first step when TRAIN.COUNT_FLOPS) and the wall seconds of that step.
+        self._train_seconds: Optional[float] = None
+        self._train_step_flops: Optional[int] = None
+        self._flop_count_seconds: Optional[float] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -164,6 +202,7 @@ class TrainerBase:
             barrier()
             return
         run_state = {"rng_state": rng_states[0], "best_result": getattr(self, "best_result", None)}
+        run_state.update(self.checkpoint_metadata())
         if len(rng_states) > 1:
             run_state["rng_state_per_rank"] = rng_states
         scaler = getattr(self, "scaler", None)
@@ -234,6 +273,7 @@ class TrainerBase:
             val_result = checkpoint.get("val_result")
             shown = f"{val_result:.1f}" if val_result is not None else "None"
             print(f"Load {model_path} to {name} (epoch={checkpoint.get('epoch')}, val_result={shown})")
+            self.check_checkpoint_keys(checkpoint, model_path)
             try:
                 self._models[name].load_state_dict(state_dict)
             except UserError as e:
@@ -248,8 +288,21 @@ class TrainerBase:
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         path = osp.abspath(osp.join(directory, names[0], model_file))
         if osp.exists(path):
+            meta = read_checkpoint_meta(path)
+            self.check_checkpoint_keys(meta, path)  # also for subclasses whose own load_model skips it
             self._model_checkpoint = path
-            self._model_epoch = epoch if epoch is not None else read_checkpoint_meta(path).get("epoch")
+            self._model_epoch = epoch if epoch is not None else meta.get("epoch")
+            self._weights_sha256 = weights_sha256(self._models)
+            self._model_identity = meta.get("identity")
+            self._model_identity_changes = list(meta.get("identity_changes") or [])
+
+    def checkpoint_metadata(self) -> Dict[str, Any]:
+        """Extra entries written into every checkpoint (``SimpleTrainer``: the run identity); plain values only."""
+        return {}
+
+    def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str, action: str = "load") -> None:
+        """Raise ``UserError`` (``cannot <action> <path>: ...``) if the checkpoint at ``path`` cannot mean the same
+        under this config (no-op here)."""
 
     def set_model_mode(self, mode: str = "train", names: Names = None) -> None:
         """``"train"`` -> ``.train()``, ``"test"``/``"eval"`` -> ``.eval()`` on the registered models."""
@@ -327,13 +380,18 @@ class TrainerBase:
         self.max_epoch = max_epoch
         self.before_train()
         # range() is evaluated after before_train so that a resumed start epoch takes effect.
+        self._stage = "epoch"
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
+            epoch_start = time.time()
             self.run_epoch()
+            self._train_seconds = (self._train_seconds or 0.0) + time.time() - epoch_start
             self.check_replicas()
             self._model_epoch, self._model_checkpoint = self.epoch + 1, None
             self.after_epoch()
+        self._stage = "final"
         self.after_train()
+        self._stage = "eval"
 
     def check_replicas(self) -> None:
         """Under torchrun: raise if the registered models' states differ between processes.
@@ -409,7 +467,18 @@ class TrainerBase:
 
 
 class SimpleTrainer(TrainerBase):
-    """Data, evaluator, device, the train/val/test life cycle and the ``test()`` loop."""
+    """Data, evaluator, device, the train/val/test life cycle and the ``test()`` loop.
+
+    Run identity and strict checkpoints (``dassl.engine.identity``), declared per trainer class:
+    ``cfg_node`` (its node under ``TRAINER``; None -> ``TRAINER.NAME`` upper-cased), ``identity_excluded_keys``
+    (dotted keys or "."-ended prefixes that do not change what is learned) and ``load_keys`` (keys a checkpoint
+    must agree with to be loaded; a trainer lists them all, e.g. ``("MODEL.BACKBONE.NAME", "TRAINER.X.N_CTX")``, so
+    that its file also imports on the real Dassl, which has none of these attributes).
+    """
+
+    cfg_node: Optional[str] = None
+    identity_excluded_keys: Tuple[str, ...] = ()
+    load_keys: Tuple[str, ...] = ("MODEL.BACKBONE.NAME",)
 
     def __init__(self, cfg: CN) -> None:
         super().__init__()
@@ -430,6 +499,9 @@ class SimpleTrainer(TrainerBase):
         self.setup_distributed()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
+        # Identity changes accepted on resume (ACCEPT_CONFIG_CHANGE), oldest first: [{"epoch": E, "changes":
+        # {key: [old, new]}}]; inherited from the checkpoint resumed from.
+        self._identity_changes: List[Dict[str, Any]] = []
 
     def check_cfg(self, cfg: CN) -> None:
         """Hook: check the config before anything is built (``self.cfg`` does not exist yet)."""
@@ -493,6 +565,7 @@ class SimpleTrainer(TrainerBase):
                 for name in remove_stale_temp_files(folder):
                     print(f"Removed {osp.join(folder, name)} (left by an interrupted run)")
         directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
+        self.check_resume_identity(directory)
         self.start_epoch = self.resume_model_if_exist(directory)
         self.save_missing_checkpoint(self.start_epoch)
 
@@ -501,6 +574,76 @@ class SimpleTrainer(TrainerBase):
         self.init_writer(writer_dir)
 
         self.time_start = time.time()
+
+    def run_identity(self) -> Dict[str, Any]:
+        """This run's identity under ``self.cfg`` (``{dotted key: value}``, see ``dassl.engine.identity``)."""
+        node = self.cfg_node or self.cfg.TRAINER.NAME.upper()
+        return run_identity(self.cfg, node, self.identity_excluded_keys, self.load_keys)
+
+    def checkpoint_metadata(self) -> Dict[str, Any]:
+        return {"identity": self.run_identity(), "identity_changes": self._identity_changes}
+
+    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result: Optional[float] = None,
+                   model_name: str = "") -> None:
+        """``TrainerBase.save_model``, then (rank 0) ``<directory>/identity.json``: the identity the files hold."""
+        super().save_model(epoch, directory, is_best, val_result, model_name)
+        if is_main_process():
+            write_json({"trainer": self.cfg.TRAINER.NAME, **self.checkpoint_metadata()},
+                       osp.join(directory, IDENTITY_FILE))
+
+    def check_checkpoint_keys(self, checkpoint: Dict[str, Any], path: str, action: str = "load") -> None:
+        """``UserError`` naming key, checkpoint value and config value for each ``load_keys`` entry that differs.
+
+        Checkpoints without an identity (the released code's, or written before identities existed) pass.
+        """
+        stored = checkpoint.get("identity")
+        if not isinstance(stored, dict):
+            return
+        diff = identity_diff(stored, self.run_identity(), self.load_keys)
+        if diff:
+            shown = "; ".join(f"{key} is {old!r} in the checkpoint but {new!r} in the config"
+                              for key, (old, new) in diff.items())
+            raise UserError(f"cannot {action} {path}: {shown}; set the config to the checkpoint's values, "
+                            "or use a checkpoint trained with this config")
+
+    def check_resume_identity(self, directory: str) -> None:
+        """Stop unless this run's identity equals the one of the run it continues (ACCEPT_CONFIG_CHANGE accepts).
+
+        The run continued is the checkpoint that ``<directory>/<model>/checkpoint`` names, or, without one (its
+        checkpoints deleted), the run that wrote ``<OUTPUT_DIR>/identity.json``. A differing ``load_keys`` entry is
+        never accepted.
+        An accepted change is appended to ``self._identity_changes`` (stored in later checkpoints, identity.json
+        and every results.json record of the models trained on).
+        """
+        names = self.get_model_names()
+        pointer = osp.join(directory, names[0], "checkpoint") if names else ""
+        stored, where, epoch = None, "", 0
+        if pointer and osp.isfile(pointer):
+            with open(pointer) as f:
+                path = osp.join(directory, names[0], f.readline().strip())
+            if osp.isfile(path):  # a dangling pointer is reported by the resume itself
+                meta = read_checkpoint_meta(path)
+                self.check_checkpoint_keys(meta, path, action="resume from")
+                stored, where, epoch = meta.get("identity"), f"resume from {path}", meta.get("epoch", 0)
+                self._identity_changes = list(meta.get("identity_changes") or [])
+        elif osp.isfile(osp.join(self.output_dir, IDENTITY_FILE)):
+            previous = read_json(osp.join(self.output_dir, IDENTITY_FILE))
+            stored, where = previous.get("identity"), f"train into {self.output_dir}"
+            self._identity_changes = list(previous.get("identity_changes") or [])
+        if not isinstance(stored, dict):
+            return
+        current = self.run_identity()
+        diff = identity_diff(stored, current, current)
+        if not diff:
+            return
+        if not self.cfg.get("ACCEPT_CONFIG_CHANGE", False):
+            raise UserError(
+                f"cannot {where}: that run has another configuration ({format_diff(diff)}); train into a new "
+                "--output-dir, or accept the change with ACCEPT_CONFIG_CHANGE True (train.py --accept-config-change; "
+                "it is recorded in results.json)"
+            )
+        print(f"Accepted config change at epoch {epoch} (ACCEPT_CONFIG_CHANGE): {format_diff(diff)}")
+        self._identity_changes = self._identity_changes + [{"epoch": epoch, "changes": diff}]
 
     def save_missing_checkpoint(self, epochs_done: int) -> None:
         """Write ``model.pth.tar-<epochs_done>`` if the schedule wanted it but a killed run never finished it.
@@ -566,10 +709,14 @@ class SimpleTrainer(TrainerBase):
         split, data_loader = self.eval_loader(split)
         print(f"Evaluate on the *{split}* set")
 
+        eval_start = time.time()
         for batch in tqdm(data_loader, desc=f"Evaluate ({split})", leave=False, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
+            if hasattr(self.evaluator, "set_impaths") and "impath" in batch:
+                self.evaluator.set_impaths(batch["impath"])
             self.evaluator.process(output, label)
+        self._eval_seconds = time.time() - eval_start
 
         results = self.evaluator.evaluate()
         for k, v in results.items():
@@ -578,12 +725,73 @@ class SimpleTrainer(TrainerBase):
         return list(results.values())[0]
 
     def record_result(self, split: str, results: Dict[str, float]) -> None:
-        """Append this evaluation to ``<OUTPUT_DIR>/results.json`` (rank 0 only)."""
+        """Append ``result_record(split, results)`` to ``<OUTPUT_DIR>/results.json`` (rank 0 only)."""
         if not is_main_process():
             return
+        record = self.result_record(split, results)
+        eval_dir, files = self.write_evaluation_files(split, record)
+        if files:
+            record["files"] = {key: osp.relpath(path, self.cfg.OUTPUT_DIR) for key, path in files.items()}
+        if not append_result(osp.join(self.cfg.OUTPUT_DIR, "results.json"), record) and eval_dir is not None:
+            shutil.rmtree(eval_dir)  # an equal record is there already (with its own files)
+
+    def write_evaluation_files(self, split: str, record: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, str]]:
+        """Write the files TEST.SAVE_PREDICTIONS / PER_CLASS_RESULT / COMPUTE_CMAT / RELIABILITY_DIAGRAM ask for into
+        a new folder (``dassl.evaluation.outputs``); returns ``(folder, {kind: path})`` (``(None, {})``: nothing
+        asked for, or an evaluator without the per-sample record)."""
+        test = self.cfg.TEST
+        save = test.get("SAVE_PREDICTIONS", False)
+        asked = dict(predictions=save, per_class=save or test.PER_CLASS_RESULT, cmat=save or test.COMPUTE_CMAT,
+                     diagram=test.get("RELIABILITY_DIAGRAM", False))
+        if not any(asked.values()) or not hasattr(self.evaluator, "_topk"):
+            return None, {}
+        directory = new_evaluation_dir(self.cfg.OUTPUT_DIR, split, record["stage"], record["epoch"])
+        title = f"{record['trainer']} {record['dataset']} {split} ({record['stage']}, epoch {record['epoch']})"
+        return directory, write_evaluation_files(self.evaluator, directory, self.lab2cname, title=title, **asked)
+
+    def cost_record(self) -> Dict[str, Any]:
+        """The ``cost`` entry of a results record (README "Metrics, calibration and cost" defines each field)."""
+        models = list(self._models.values())
+        first = next((p for m in models for p in m.parameters()), None)
+        node = self.cfg.TRAINER.get(self.cfg_node or self.cfg.TRAINER.NAME.upper())
+        precision = node.get("PREC") if node is not None and "PREC" in node else None
+        if precision is None and first is not None:
+            precision = str(first.dtype).replace("torch.", "")
+        eval_seconds = getattr(self, "_eval_seconds", None)
+        n = getattr(self.evaluator, "_total", None)
+        memory, memory_kind = peak_memory(self.device)
+        return {
+            "trainable_params": trainable_parameters(models),
+            "train_time_s": self._train_seconds,
+            "train_step_flops": self._train_step_flops,
+            "flop_count_step_s": self._flop_count_seconds,
+            "eval_time_s": eval_seconds,
+            "eval_images_per_s": n / eval_seconds if n and eval_seconds else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "device": device_name(self.device),
+            "precision": precision,
+            "world_size": get_world_size(),
+        }
+
+    def result_record(self, split: str, results: Dict[str, float]) -> Dict[str, Any]:
+        """The results.json record of this evaluation (the one place records are built; extend it here).
+
+        What was evaluated: ``checkpoint`` (absolute path; None: the model in memory), ``weights_sha256`` (of the
+        weights loaded from it, see ``weights_sha256``),
+        ``epoch`` (epochs trained), ``model_identity`` (the identity of the run that trained it; None for a
+        checkpoint without one) and ``model_identity_changes``. How: ``split``, ``stage`` ("epoch", "final" or
+        "eval"), ``dataset``, ``subsample``, ``shots``, ``seed``, ``trainer``, ``backbone`` and the whole ``config``
+        of this run.
+        """
         cfg = self.cfg
+        if self._model_checkpoint is not None:
+            identity, changes = self._model_identity, self._model_identity_changes
+        else:
+            identity, changes = self.run_identity(), self._identity_changes
         record = {
             "split": split,
+            "stage": self._stage,
             "epoch": self._model_epoch,
             "dataset": cfg.DATASET.NAME,
             "subsample": cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
@@ -597,9 +805,17 @@ class SimpleTrainer(TrainerBase):
             "n": getattr(self.evaluator, "_total", None),
             "correct": getattr(self.evaluator, "_correct", None),
             "checkpoint": self._model_checkpoint,
+            "weights_sha256": self._weights_sha256 if self._model_checkpoint is not None else None,
+            "model_identity": identity,
+            "model_identity_changes": changes,
             "config": cfg_to_dict(cfg),
         }
-        append_result(osp.join(cfg.OUTPUT_DIR, "results.json"), record)
+        # Probability metrics and the reliability bins (dassl.evaluation.metrics), then the cost of the model.
+        record.update(getattr(self.evaluator, "extra_metrics", None) or {})
+        if getattr(self.evaluator, "reliability", None):
+            record["reliability"] = self.evaluator.reliability
+        record["cost"] = self.cost_record()
+        return record
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
@@ -636,7 +852,11 @@ class TrainerX(SimpleTrainer):
         end = time.time()
         for self.batch_idx, batch in enumerate(batches):
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            if self._train_step_flops is None and self.cfg.TRAIN.get("COUNT_FLOPS", False):
+                loss_summary, self._train_step_flops, self._flop_count_seconds = count_flops(
+                    lambda: self.forward_backward(batch))
+            else:
+                loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
             losses.update(self.mean_over_processes(loss_summary))
 

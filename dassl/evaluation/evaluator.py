@@ -1,7 +1,8 @@
-"""The ``Classification`` evaluator: accuracy, error, macro-F1, optional per-class accuracy and confusion matrix."""
+"""The ``Classification`` evaluator: accuracy, error, macro-F1, top-5, per-class recall, NLL and calibration errors
+(definitions in ``dassl.evaluation.metrics``), optional per-class accuracy and confusion matrix."""
 import os.path as osp
 from collections import OrderedDict, defaultdict
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -9,6 +10,7 @@ from yacs.config import CfgNode as CN
 
 from dassl.utils import all_gather_object, atomic_torch_save, get_world_size
 
+from . import metrics
 from .build import EVALUATOR_REGISTRY
 
 __all__ = ["EvaluatorBase", "Classification", "macro_f1_score", "confusion_matrix"]
@@ -79,6 +81,7 @@ class Classification(EvaluatorBase):
         self._per_class_res: Optional[Dict[int, List[int]]] = None
         self._y_true: List[int] = []
         self._y_pred: List[int] = []
+        self._reset_scores()
         if cfg.TEST.PER_CLASS_RESULT:
             assert lab2cname is not None, "TEST.PER_CLASS_RESULT needs the class names (lab2cname)"
             self._per_class_res = defaultdict(list)
@@ -88,11 +91,38 @@ class Classification(EvaluatorBase):
         self._total = 0
         self._y_true = []
         self._y_pred = []
+        self._reset_scores()
         if self._per_class_res is not None:
             self._per_class_res = defaultdict(list)
 
+    def _reset_scores(self) -> None:
+        # Per sample, what the probability metrics need (not the whole (n, C) matrix): the ranked top-k classes and
+        # their probabilities, and log p of the true label.
+        self._num_classes = 0
+        self._topk: List[List[int]] = []
+        self._topk_prob: List[List[float]] = []
+        self._log_prob_true: List[float] = []
+        self._impaths: List[str] = []  # filled through set_impaths (our engine's hook; empty under real Dassl)
+        self.extra_metrics: Dict[str, float] = {}  # set by evaluate(): dassl.evaluation.metrics.summary
+        self.reliability: Dict[str, Any] = {}  # set by evaluate(): dassl.evaluation.metrics.reliability_bins
+
+    def set_impaths(self, impaths: Sequence[str]) -> None:
+        """Optional hook: the image paths of the batch that the next ``process`` call receives (in its order).
+
+        This engine's ``test()`` calls it when the evaluator has it; real Dassl does not, and then the predictions
+        file has no paths. Call it for every batch or for none.
+        """
+        self._impaths.extend(str(p) for p in impaths)
+
     def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
         """``mo``: logits ``(B, num_classes)``; ``gt``: labels ``(B,)``."""
+        log_prob = torch.log_softmax(mo.detach().float(), dim=1).cpu().numpy()
+        labels = gt.detach().cpu().numpy()
+        self._num_classes = log_prob.shape[1]
+        topk = metrics.ranked_classes(log_prob, metrics.TOPK)
+        self._topk.extend(topk.tolist())
+        self._topk_prob.extend(np.exp(np.take_along_axis(log_prob, topk, axis=1)).tolist())
+        self._log_prob_true.extend(log_prob[np.arange(len(labels)), labels].tolist())
         pred = mo.max(1)[1]
         matches = pred.eq(gt).int()
         self._correct += int(matches.sum().item())
@@ -108,10 +138,16 @@ class Classification(EvaluatorBase):
         if get_world_size() == 1:
             return
         parts = all_gather_object(
-            (self._y_true, self._y_pred, dict(self._per_class_res) if self._per_class_res is not None else None)
+            (self._y_true, self._y_pred, dict(self._per_class_res) if self._per_class_res is not None else None,
+             self._topk, self._topk_prob, self._log_prob_true, self._num_classes, self._impaths)
         )
         self._y_true = [y for part in parts for y in part[0]]
         self._y_pred = [y for part in parts for y in part[1]]
+        self._topk = [y for part in parts for y in part[3]]
+        self._topk_prob = [y for part in parts for y in part[4]]
+        self._log_prob_true = [y for part in parts for y in part[5]]
+        self._num_classes = max(part[6] for part in parts)
+        self._impaths = [p for part in parts for p in part[7]]
         self._total = len(self._y_true)
         self._correct = sum(int(t == p) for t, p in zip(self._y_true, self._y_pred))
         if self._per_class_res is not None:
@@ -140,6 +176,14 @@ class Classification(EvaluatorBase):
             f"* error: {err:.2f}%\n"
             f"* macro_f1: {macro_f1:.2f}%"
         )
+        # Beyond Dassl's dict (whose keys and order stay Dassl's): the probability metrics, read by the engine's
+        # results record.
+        self.extra_metrics = metrics.summary(y_true, np.asarray(self._topk), np.asarray(self._topk_prob),
+                                             np.asarray(self._log_prob_true), self._num_classes)
+        print("=> calibration: " + ", ".join(
+            f"{k} {v:.4f}" if k == "nll" else f"{k} {v:.2f}%" for k, v in self.extra_metrics.items()))
+        topk_prob = np.asarray(self._topk_prob, dtype=np.float64)
+        self.reliability = metrics.reliability_bins(topk_prob[:, 0], np.asarray(self._topk)[:, 0] == y_true)
 
         if self._per_class_res is not None:
             print("=> per-class result")

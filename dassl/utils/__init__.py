@@ -14,6 +14,7 @@ from .comm import (
     is_main_process,
 )
 from .errors import MissingFileError, NonFiniteLossError, UserError
+from .locks import OUTPUT_DIR_LOCK, DirectoryInUseError, OutputDirLock, locked_directory
 from .logger import Logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, RegistryLookupError, check_availability, get_most_similar_str_to_a_from_b

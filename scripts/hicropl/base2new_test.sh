@@ -3,7 +3,8 @@
 #
 # usage: scripts/hicropl/base2new_test.sh DATASET SEED [KEY VALUE ...]
 #   same arguments and environment as base2new_train.sh (use the same EXTRA_OPTS / CFG / SHOTS as for training)
-#   B2N_LOAD_EPOCH  unset or empty (default): load model-best.pth.tar; N: load model.pth.tar-N
+#   B2N_LOAD_EPOCH  unset or empty (default): load model-best.pth.tar; N: load model.pth.tar-N. Other TRAINERs
+#                   (CoOp family, last-epoch protocol): unset = the newest model.pth.tar-N of the training run
 # The released test script defined LOADEP=5 but never passed it, so the published novel numbers come from the
 # best-val checkpoint (SPEC F2). Loading model-best is kept deliberately to reproduce them; note that the
 # "best val" model of ImageNet is selected on its test images (ImageNet's val split is its test set, SPEC F1).
@@ -18,11 +19,12 @@ shift 2
 SHOTS="${SHOTS:-16}"
 check_seed "$SEED"
 check_shots "$SHOTS"
-if [[ "$DATASET" == "imagenet" ]]; then CFG="${CFG:-$CFG_B2N_IMAGENET}"; else CFG="${CFG:-$CFG_B2N}"; fi
+CFG="${CFG:-$(default_cfg base2new "$DATASET")}"
 DATASET_YAML="$(dataset_yaml "$DATASET")"
 TRAINER_YAML="$(trainer_yaml "$CFG")"
 MODEL_DIR="$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"
 DIR="$OUTPUT/base2new/test_new/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"
+if [[ "$TRAINER" != "HiCroPL" ]]; then B2N_LOAD_EPOCH="${B2N_LOAD_EPOCH-$(last_epoch "$MODEL_DIR")}"; fi
 LOAD=()
 if [[ -n "${B2N_LOAD_EPOCH:-}" ]]; then LOAD=(--load-epoch "$B2N_LOAD_EPOCH"); fi
 

@@ -20,7 +20,7 @@ shift 2
 SHOTS="${SHOTS:-16}"
 check_seed "$SEED"
 check_shots "$SHOTS"
-if [[ "$DATASET" == "imagenet" ]]; then CFG="${CFG:-$CFG_B2N_IMAGENET}"; else CFG="${CFG:-$CFG_B2N}"; fi
+CFG="${CFG:-$(default_cfg base2new "$DATASET")}"
 DATASET_YAML="$(dataset_yaml "$DATASET")"
 TRAINER_YAML="$(trainer_yaml "$CFG")"
 DIR="$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"

@@ -7,15 +7,18 @@
 #   EXTRA_OPTS  extra "KEY VALUE ..." config overrides appended to every train.py call, split on whitespace
 #               (no quoting: write values without spaces, e.g. INPUT.SIZE "(32,32)"); trailing KEY VALUE arguments
 #               of a script are appended after them, so they win
-#   CFG         trainer config name in configs/trainers/HiCroPL/ (default: the paper's config of each protocol)
+#   TRAINER     the method (default HiCroPL; also CoOp, CoCoOp, KgCoOp, TCP): --trainer of train.py and the
+#               <Trainer> folder of the layout below
+#   CFG         trainer config name in configs/trainers/$TRAINER/ (default: the method's published config of each
+#               protocol, `python scripts/parse_results.py --default-config TRAINER PROTOCOL DATASET`)
 #   DRY_RUN=1   print the exact commands, one a line, instead of running them (finished runs are still skipped)
 #
-# Output layout (SPEC §7, the released scripts' directories):
-#   base-to-novel   $OUTPUT/base2new/train_base/<ds>/shots_16/HiCroPL/<cfg>/seed<S>
-#                   $OUTPUT/base2new/test_new/<ds>/shots_16/HiCroPL/<cfg>/seed<S>
-#   few-shot        $OUTPUT/<ds>/HiCroPL/<cfg>_<K>shots/seed<S>
-#   cross-dataset   $OUTPUT/<source>/HiCroPL/<cfg>_16shots/seed<S>                 (train on the source)
-#   and domain gen. $OUTPUT/evaluation/HiCroPL/<cfg>_16shots/<ds>/seed<S>          (test on each target)
+# Output layout (SPEC §7, the released scripts' directories; <Trainer> = $TRAINER):
+#   base-to-novel   $OUTPUT/base2new/train_base/<ds>/shots_16/<Trainer>/<cfg>/seed<S>
+#                   $OUTPUT/base2new/test_new/<ds>/shots_16/<Trainer>/<cfg>/seed<S>
+#   few-shot        $OUTPUT/<ds>/<Trainer>/<cfg>_<K>shots/seed<S>
+#   cross-dataset   $OUTPUT/<source>/<Trainer>/<cfg>_16shots/seed<S>               (train on the source)
+#   and domain gen. $OUTPUT/evaluation/<Trainer>/<cfg>_16shots/<ds>/seed<S>        (test on each target)
 #
 # A run is finished when its results.json holds its final test result (for a training run: the test after
 # training); finished runs are skipped. Any other run is (re)started with the same command: train.py resumes a
@@ -27,19 +30,31 @@ CALLER_PWD="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 PYTHON="${PYTHON:-python}"
-TRAINER="HiCroPL"
-
-# Paper configs (SPEC §6.1). ImageNet base-to-novel uses the 40-epoch / batch-128 config in training AND testing
-# (the released train script used the batch-32 config for every dataset while its test script looked for the
-# ImageNet run under the batch-128 name, SPEC F3).
-CFG_B2N="vit_b16_c2_ep50_batch32_16ctx"
-CFG_B2N_IMAGENET="vit_b16_c2_ep40_batch128_16ctx"
-CFG_FEWSHOT="vit_b16_c2_ep50_batch32_16ctx_few_shot"
-CFG_XD="vit_b16_c2_ep5_batch32_2ctx_cross_datasets"
+TRAINER="${TRAINER:-HiCroPL}"
 
 die() {
     echo "error: $*" >&2
     exit 2
+}
+
+[[ -d "configs/trainers/$TRAINER" ]] || die "unknown TRAINER '$TRAINER' (no configs/trainers/$TRAINER/); choose one of: \
+$(cd configs/trainers && ls -d -- */ | tr -d / | paste -sd ' ')"
+
+# default_cfg PROTOCOL [DATASET]: the method's published config (scripts/parse_results.py PROTOCOL_CONFIGS). HiCroPL
+# (SPEC §6.1): ImageNet base-to-novel uses the 40-epoch / batch-128 config in training AND testing (the released
+# train script used the batch-32 config for every dataset while its test script looked for the ImageNet run under
+# the batch-128 name, SPEC F3).
+default_cfg() {
+    "$PYTHON" scripts/parse_results.py --default-config "$TRAINER" "$1" "${2:-}" ||
+        die "no published $1 config for TRAINER=$TRAINER; set CFG to a file name of configs/trainers/$TRAINER/"
+}
+
+# last_epoch MODEL_DIR: N of the newest model.pth.tar-N under MODEL_DIR/<model name>/ (nothing if none yet), for
+# methods whose published protocol tests the last-epoch model (CoOp family: TEST.FINAL_MODEL last_step).
+last_epoch() {
+    local files=("$1"/*/model.pth.tar-*)
+    [[ -e "${files[0]}" ]] || return 0
+    printf '%s\n' "${files[@]##*-}" | sort -n | tail -1
 }
 
 # abs_path PATH: PATH made absolute against the caller's working directory.

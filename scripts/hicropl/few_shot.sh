@@ -17,7 +17,7 @@ SEED="$3"
 shift 3
 check_shots "$SHOTS"
 check_seed "$SEED"
-CFG="${CFG:-$CFG_FEWSHOT}"
+CFG="${CFG:-$(default_cfg fewshot)}"
 DATASET_YAML="$(dataset_yaml "$DATASET")"
 TRAINER_YAML="$(trainer_yaml "$CFG")"
 DIR="$OUTPUT/$DATASET/$TRAINER/${CFG}_${SHOTS}shots/seed$SEED"

@@ -17,7 +17,7 @@ shift 2
 SHOTS="${SHOTS:-16}"
 check_seed "$SEED"
 check_shots "$SHOTS"
-CFG="${CFG:-$CFG_XD}"
+CFG="${CFG:-$(default_cfg xd)}"
 DATASET_YAML="$(dataset_yaml "$DATASET")"
 TRAINER_YAML="$(trainer_yaml "$CFG")"
 DIR="$OUTPUT/$DATASET/$TRAINER/${CFG}_${SHOTS}shots/seed$SEED"
