@@ -30,6 +30,11 @@ images, K classes, d = embed_dim). With no prompts every path is exactly openai-
   with one prompt per sequence: per class for the text tower (CoOp's class-specific context, TCP's class-aware
   deep tokens: row k goes with text k), per image for the image tower. An image-conditioned text prompt (CoCoOp)
   is a shared (m, D_t) prompt computed from one image, one `encode_text` call per image.
+- Per-block residual side branches (both towers; MMA's adapters): ``tower.transformer.side_branches = {i: fn}``
+  (``tower`` = ``clip_model`` for text, ``clip_model.visual`` for the ViT) adds ``fn(x, block)`` (B, N, D) to the
+  output of block i, where x is that block's input and ``block`` the frozen block (so a branch can use its
+  LayerNorms): ``x_out = block(x) + fn(x, block)``. The method owns the modules ``fn`` calls; None (default) or an
+  empty dict is plain CLIP. Branches act on every token, so the text tower's shared-prefix path stays exact.
 - Pre-built text input: `CLIP.encode_text_embeddings(embeddings (n, L, D_t), eot (n,), prompts)` -> (n, d) takes
   the token embeddings assembled by the method (e.g. CoOp's "middle"/"front" layouts, where the learned context
   sits around the class-name tokens at class-dependent positions) and the EOT position of each row. The positional
@@ -44,7 +49,7 @@ import os
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -264,6 +269,9 @@ class Transformer(nn.Module):
     # backward (less memory, about one more forward of compute). Set on an instance; HiCroPL sets it on the text
     # tower from TRAINER.HICROPL.TEXT_CHECKPOINTING.
     checkpointing: bool = False
+    # Per-block residual side branches {block index: fn(x, block) -> (B, N, D)} added to the block's output (module
+    # docstring); set on an instance by the method that owns the branch modules (MMA). None: no branches.
+    side_branches: Optional[Dict[int, Callable[[torch.Tensor, nn.Module], torch.Tensor]]] = None
 
     def __init__(self, width: int, layers: int, heads: int, causal: bool = False,
                  prompt_position: str = "last", mlp_width: Optional[int] = None,
@@ -318,10 +326,12 @@ class Transformer(nn.Module):
         for index, block in enumerate(self.resblocks):
             if prompts is not None and index < len(prompts) and prompts[index] is not None:
                 x = self.replace_prompt_tokens(x, prompts[index])
+            branch = self.side_branches.get(index) if self.side_branches else None
             if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
-                x = checkpoint(block, x, use_reentrant=False)
+                out = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x)
+                out = block(x)
+            x = out if branch is None else out + branch(x, block)
         return x
 
     def forward_shared_prefix(self, prefix: torch.Tensor, rows: torch.Tensor,
@@ -337,10 +347,14 @@ class Transformer(nn.Module):
         for index, block in enumerate(self.resblocks):
             if prompts is not None and index < len(prompts) and prompts[index] is not None:
                 prefix = self.replace_prompt_tokens(prefix, prompts[index])
+            branch = self.side_branches.get(index) if self.side_branches else None
             if self.checkpointing and torch.is_grad_enabled() and (prefix.requires_grad or rows.requires_grad):
-                prefix, rows = checkpoint(block.forward_shared_prefix, prefix, rows, use_reentrant=False)
+                out_prefix, out_rows = checkpoint(block.forward_shared_prefix, prefix, rows, use_reentrant=False)
             else:
-                prefix, rows = block.forward_shared_prefix(prefix, rows)
+                out_prefix, out_rows = block.forward_shared_prefix(prefix, rows)
+            if branch is not None:
+                out_prefix, out_rows = out_prefix + branch(prefix, block), out_rows + branch(rows, block)
+            prefix, rows = out_prefix, out_rows
         return prefix, rows
 
 

@@ -86,6 +86,16 @@ PROTOCOL_CONFIGS: Dict[str, Dict[str, str]] = {
     # TCP: the released train.py trains ImageNet and SUN397 for 25 epochs
     "TCP": {"base2new": "vit_b16_ep100_ctxv1", "base2new:imagenet": "vit_b16_ep25_ctxv1",
             "base2new:sun397": "vit_b16_ep25_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
+    # IVLP: the MaPLe repo's 2+2 / depth-12 base-to-novel config (= HiCroPL Table 11's "w/o BKF, w/o L_cons" row)
+    "IVLP": {"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
+    # MaPLe: no few-shot config was released (its Table 14 numbers come from PromptSRC's runs)
+    "MaPLe": {"base2new": "vit_b16_c2_ep5_batch4_2ctx", "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+    "PromptSRC": {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+                  "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
+    # MMA: no cross-dataset config was released (the paper: blocks 9-12, 1 epoch)
+    "MMA": {"base2new": "vit_b16_ep5", "base2new:imagenet": "vit_b16_ep5_imnet"},
+    # CoPrompt: one config (the released per-dataset N_CTX / PROMPT_DEPTH / W overrides are not applied)
+    "CoPrompt": {"base2new": "coprompt"},
 }
 
 RUN_KINDS = ("train", "eval")  # train: final result = test after training; eval: an --eval-only run

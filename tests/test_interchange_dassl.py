@@ -154,8 +154,8 @@ def test_list_trainers_survives_bad_modules(scratch):
     repo, root = scratch
     proc = run_train(repo, ["--list-trainers"], cache=root / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["CoCoOp", "CoOp", "HiCroPL", "KgCoOp", "LinearProbeCLIP", "TCP",
-                                   "ZeroshotCLIP"]  # CopyOnly was rolled back with its module
+    assert proc.stdout.split() == ["CoCoOp", "CoOp", "CoPrompt", "HiCroPL", "IVLP", "KgCoOp", "LinearProbeCLIP", "MMA",
+                                   "MaPLe", "PromptSRC", "TCP", "ZeroshotCLIP"]  # CopyOnly was rolled back with its module
     assert_one_line_per_bad_file(proc.stderr)
 
 

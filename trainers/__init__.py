@@ -7,6 +7,9 @@ own modules load first, so a dropped-in duplicate can never displace them.
 """
 from common.modules import import_package_modules
 
-LIBRARY_MODULES = ("config", "shared", "hicropl", "zsclip", "coop", "cocoop", "kgcoop", "tcp", "linear_probe")
+LIBRARY_MODULES = (
+    "config", "shared", "hicropl", "zsclip",
+    "coop", "cocoop", "kgcoop", "tcp", "linear_probe", "ivlp", "maple", "promptsrc", "mma", "coprompt",
+)
 
 import_package_modules(__name__, __path__, first=LIBRARY_MODULES)

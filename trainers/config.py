@@ -172,6 +172,74 @@ def add_trainer_cfg(cfg: CN) -> None:
     # (int >= 0; published 8).
     cfg.TRAINER.LP.NUM_STEP = 8
 
+    cfg.TRAINER.IVLP = CN()
+    # IVLP (independent deep prompts in both towers; trainers/ivlp.py). Per tower: prompt length m (int >= 1 when its
+    # depth > 0) and depth J (int, 0 <= J <= the tower's layers; J = layers 0..J-1 get fresh prompts, 0 = no prompts).
+    # PROMPT_DEPTH_TEXT 0 is VPT-deep: the classifier is the frozen "a photo of a {class}." features.
+    # Released defaults (train.py of the IVLP repo); published configs in configs/trainers/IVLP/.
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9
+    # Words initialising the layer-0 text prompts (str, "_" = space): used when N_CTX_TEXT <= 4, the template is then
+    # "<CTX_INIT> <class>." with its first N_CTX_TEXT tokens learnable (HiCroPL's rule); "" = N(0, 0.02^2) init.
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
+    # Precision, one of PRECISIONS; released "fp16" (CUDA only).
+    cfg.TRAINER.IVLP.PREC = "fp16"
+
+    cfg.TRAINER.MAPLE = CN()
+    # MaPLe (trainers/maple.py): prompt length m in both towers (int >= 1; published 2), depth J (int, 1 <= J <= the
+    # towers' layers; published 9 base-to-novel, 3 cross-dataset), CTX_INIT (str, HiCroPL's rule: used when
+    # N_CTX <= 4; published "a photo of a"), PREC (PRECISIONS; released "fp16"). Released train.py defaults.
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PREC = "fp16"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+
+    cfg.TRAINER.PROMPTSRC = CN()
+    # PromptSRC (trainers/promptsrc.py): IVLP's prompt keys (see TRAINER.IVLP; PROMPT_DEPTH_TEXT >= 1 here) with the
+    # released defaults (4 + 4 tokens, depth 9).
+    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4
+    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"
+    cfg.TRAINER.PROMPTSRC.PREC = "fp16"
+    # Weights of the L1 terms toward the frozen text (60 templates) / image features (int >= 0, as released, so
+    # the released yamls merge; published 25, 10).
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
+    # Gaussian prompt aggregation: mean and standard deviation (int, std > 0, as released) over the 1-based epochs
+    # (published base-to-novel 15 / 1, cross-dataset 6 / 10, few-shot 30 / 30 or 45 / 5).
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
+
+    cfg.TRAINER.MMA = CN()
+    # MMA (trainers/mma.py). Text input "<TEXT_CTX_INIT> <class>." (str; published "a photo of a").
+    cfg.TRAINER.MMA.TEXT_CTX_INIT = "a photo of a"
+    # Adapted blocks ADAPTER_START..ADAPTER_END, 1-based, both towers (ints, 1 <= start <= end <= layers; published
+    # 5 / 12; cross-dataset 9 per the paper), bottleneck width r (int >= 1; 32), branch scale alpha (float > 0; 0.001).
+    cfg.TRAINER.MMA.ADAPTER_START = 5
+    cfg.TRAINER.MMA.ADAPTER_END = 12
+    cfg.TRAINER.MMA.ADAPTER_DIM = 32
+    cfg.TRAINER.MMA.ADAPTER_SCALE = 0.001
+    # Precision, one of PRECISIONS; released "amp" (fp32 weights, fp16 autocast + GradScaler; CUDA only).
+    cfg.TRAINER.MMA.PREC = "amp"
+
+    cfg.TRAINER.COPROMPT = CN()
+    # CoPrompt (trainers/coprompt.py; the released code's TRAINER.CoPrompt + TRAINER.W / TRAINER.DISTILL). Prompts as
+    # TRAINER.MAPLE: N_CTX (int >= 1), CTX_INIT (str), PREC (PRECISIONS), PROMPT_DEPTH (int >= 1); released defaults.
+    cfg.TRAINER.COPROMPT.N_CTX = 2
+    cfg.TRAINER.COPROMPT.CTX_INIT = "a photo of a"
+    cfg.TRAINER.COPROMPT.PREC = "fp16"
+    cfg.TRAINER.COPROMPT.PROMPT_DEPTH = 9
+    # Weight lambda of the two consistency terms (float >= 0; train.py default 8.0, per dataset 0.1-8.0).
+    cfg.TRAINER.COPROMPT.W = 8.0
+    # Distance of the consistency terms: "cosine" (1 - mean cosine; all configs) or "mse".
+    cfg.TRAINER.COPROMPT.DISTILL = "cosine"
+    # Description file (str path; "" -> descriptions/<dataset key>.json); every class needs the same sentence count.
+    cfg.TRAINER.COPROMPT.DESCRIPTIONS = ""
+
 
 def apply_optim_eps(optimizer: torch.optim.Optimizer, optim_cfg: CN) -> None:
     """Set ``optim_cfg.EPS`` as the epsilon of the optimizer when ``optim_cfg.NAME`` is "adam" (others untouched).

@@ -58,7 +58,8 @@ _C.INPUT.CUTOUT_LEN = 16
 # (compat) Gaussian noise: mean and std.
 _C.INPUT.GN_MEAN = 0.0
 _C.INPUT.GN_STD = 0.15
-# (compat) RandAugment: number of ops and magnitude.
+# RandAugment (INPUT.TRANSFORMS "randaugment"): number of ops drawn per image (int >= 0) and their magnitude
+# (int in [0, 30]; dassl/data/transforms/randaugment.py).
 _C.INPUT.RANDAUGMENT_N = 2
 _C.INPUT.RANDAUGMENT_M = 10
 # (compat) Color jitter: brightness, contrast, saturation, hue.

@@ -7,7 +7,8 @@ Life cycle of ``trainer.train()``::
     for epoch in [start, max):
         before_epoch()
         run_epoch()                TrainerX: one pass over train_loader_x -> forward_backward(batch)
-        after_epoch()              best_val: test("val"), keep model-best.pth.tar (ties -> later epoch);
+        after_epoch()              end_of_epoch() hook (e.g. PromptSRC's prompt aggregation), then
+                                   best_val: test("val"), keep model-best.pth.tar (ties -> later epoch);
                                    save model.pth.tar-<E> every CHECKPOINT_FREQ epochs and after the last
     after_train()                  load model-best (best_val), test(), print elapsed time
 
@@ -208,6 +209,8 @@ class TrainerBase:
         scaler = getattr(self, "scaler", None)
         if scaler is not None and hasattr(scaler, "state_dict"):
             run_state["grad_scaler"] = scaler.state_dict()
+        if self.end_of_epoch_state() is not None:
+            run_state["end_of_epoch_state"] = self.end_of_epoch_state()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             save_checkpoint(
@@ -246,6 +249,8 @@ class TrainerBase:
         scaler = getattr(self, "scaler", None)
         if checkpoint.get("grad_scaler") and scaler is not None and hasattr(scaler, "load_state_dict"):
             scaler.load_state_dict(checkpoint["grad_scaler"])
+        if checkpoint.get("end_of_epoch_state") is not None:
+            self.load_end_of_epoch_state(checkpoint["end_of_epoch_state"])
         per_rank = checkpoint.get("rng_state_per_rank")
         if per_rank is not None and len(per_rank) == get_world_size():
             set_rng_state(per_rank[get_rank()])
@@ -425,6 +430,20 @@ class TrainerBase:
         pass
 
     def after_epoch(self) -> None:
+        pass
+
+    # End-of-epoch hook: ``end_of_epoch()`` runs after every training epoch (``self.epoch`` is the 0-based epoch just
+    # trained) and before that epoch's checkpoints are written. A method keeps its running state in
+    # ``end_of_epoch_state()`` (any picklable object, None = nothing), which every checkpoint stores under
+    # "end_of_epoch_state" and a resume hands back to ``load_end_of_epoch_state`` -- so kill + resume continues
+    # exactly.
+    def end_of_epoch(self) -> None:
+        pass
+
+    def end_of_epoch_state(self) -> Any:
+        return None
+
+    def load_end_of_epoch_state(self, state: Any) -> None:
         pass
 
     def run_epoch(self) -> None:
@@ -678,6 +697,7 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self) -> None:
+        self.end_of_epoch()
         last_epoch = (self.epoch + 1) == self.max_epoch
         do_test = not self.cfg.TEST.NO_TEST
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ

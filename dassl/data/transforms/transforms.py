@@ -16,6 +16,8 @@ from yacs.config import CfgNode as CN
 
 from dassl.utils import UserError
 
+from .randaugment import RandAugment
+
 __all__ = ["INTERPOLATION_MODES", "AVAI_CHOICES", "build_transform"]
 
 # Values of INPUT.INTERPOLATION.
@@ -27,12 +29,12 @@ INTERPOLATION_MODES = {
 
 # Values of INPUT.TRANSFORMS implemented here ("center_crop" only matters for the test pipeline, which
 # always center-crops).
-AVAI_CHOICES = ["random_flip", "random_resized_crop", "random_crop", "center_crop", "normalize"]
+AVAI_CHOICES = ["random_flip", "random_resized_crop", "random_crop", "center_crop", "normalize", "randaugment"]
 
 # Accepted by the original Dassl but not implemented by this engine (no CLIP config uses them).
 _NOT_IMPLEMENTED = [
     "instance_norm", "random_translation", "cutout", "imagenet_policy", "cifar10_policy", "svhn_policy",
-    "randaugment", "randaugment_fixmatch", "randaugment2", "gaussian_noise", "colorjitter",
+    "randaugment_fixmatch", "randaugment2", "gaussian_noise", "colorjitter",
     "randomgrayscale", "gaussian_blur",
 ]
 
@@ -56,7 +58,8 @@ def build_transform(cfg: CN, is_train: bool = True, choices: Optional[Sequence[s
 
     ``choices`` defaults to ``INPUT.TRANSFORMS``; the order of the steps is fixed, not the list order.
     Train: [resize to SIZE unless a crop is chosen] -> [random_crop] -> [random_resized_crop]
-    -> [random_flip] -> to tensor -> [normalize]. Test: resize the shorter side to max(SIZE) ->
+    -> [random_flip] -> [randaugment: RandAugment(INPUT.RANDAUGMENT_N, INPUT.RANDAUGMENT_M), randaugment.py]
+    -> to tensor -> [normalize]. Test: resize the shorter side to max(SIZE) ->
     center crop SIZE -> to tensor -> [normalize]. ``INPUT.NO_TRANSFORM`` -> None.
     """
     if cfg.INPUT.NO_TRANSFORM:
@@ -90,6 +93,12 @@ def _build_transform_train(cfg: CN, choices: Sequence[str], normalize: Normalize
     if "random_flip" in choices:
         print("+ random flip")
         tfm_train += [RandomHorizontalFlip()]
+    if "randaugment" in choices:
+        n, m = cfg.INPUT.RANDAUGMENT_N, cfg.INPUT.RANDAUGMENT_M
+        if not 0 <= m <= 30 or n < 0:
+            raise UserError(f"INPUT.RANDAUGMENT_N must be >= 0 and INPUT.RANDAUGMENT_M in [0, 30]; got {n}, {m}")
+        print(f"+ randaugment (n={n}, m={m})")
+        tfm_train += [RandAugment(n, m)]
     print("+ to torch tensor of range [0, 1]")
     tfm_train += [ToTensor()]
     if "normalize" in choices:
