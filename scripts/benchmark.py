@@ -4,6 +4,7 @@
     python scripts/benchmark.py --classes 1000 --phases eval --eval-batch-size 16 --eval-images 160
     python scripts/benchmark.py --device cuda --prec fp16 amp bf16 fp32 --classes 100 1000 \\
         --batch-size 32 --eval-batch-size 500 --out bench.json
+    python scripts/benchmark.py --phases epoch --epochs 3 --epoch-steps 2 --eval-images 48   # the evaluation cache
 
 What is measured, per (class count, precision, path):
   train  one optimisation step as ``HiCroPL.forward_backward`` does it: forward (prompt learner, text tower over all
@@ -12,7 +13,15 @@ What is measured, per (class count, precision, path):
          disturbed).
   eval   one full evaluation of N images (``--eval-images``) in batches of ``--eval-batch-size``: eval mode, no
          grad, logits of every batch, including the once-per-evaluation prompt-learner and text pass. Reported as
-         images/s (median over ``--repeats`` evaluations, after a one-batch warm-up).
+         images/s (median over ``--repeats`` evaluations, after a one-batch warm-up). Without the evaluation
+         feature cache: every evaluation runs the teacher (the cache's gain is measured by ``epoch``).
+  epoch  a realistic epoch, ``--epochs`` times: ``--epoch-steps`` training steps, then one evaluation of N images
+         (``--eval-images``), as a training run with validation every epoch does. The optimised path runs it
+         with and without the evaluation feature cache (``TRAINER.HICROPL.CACHE_EVAL_FEATURES``: the frozen
+         teacher's features of the evaluation set are computed by the first evaluation and reused by later ones),
+         alternating the two epoch by epoch on the same model so that both see the same machine load; the naive
+         path runs it uncached (the released code has no cache). Reported: seconds per epoch, its training and
+         evaluation parts, and the medians over epochs 2.. (epoch 1 fills the cache). Not in the default phases.
   memory peak resident memory of the process (CPU, read from /proc/self/status VmHWM) or
          ``torch.cuda.max_memory_allocated`` (CUDA), model weights included. On CPU every measurement runs in a
          fresh child process (a process's peak RSS cannot be reset); on CUDA all run in this process, the peak
@@ -55,7 +64,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 PATHS = ("optimised", "naive")
-PHASES = ("train", "eval")
+PHASES = ("train", "eval", "epoch")
+DEFAULT_PHASES = ("train", "eval")
 DEFAULT_CONFIG = osp.join(REPO, "configs", "trainers", "HiCroPL", "vit_b16_c2_ep50_batch32_16ctx.yaml")
 
 
@@ -126,26 +136,38 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_train(job: Dict[str, Any], model, optim, scaler, device: torch.device) -> Dict[str, Any]:
-    """Median time of one optimisation step (the work of ``HiCroPL.forward_backward``)."""
+def train_batch(job: Dict[str, Any], model, device: torch.device):
+    """A fixed synthetic training batch: images (B, 3, R, R), labels (B,)."""
     resolution = model.clip_model.visual.input_resolution
     generator = torch.Generator().manual_seed(1)
     image = torch.randn(job["batch_size"], 3, resolution, resolution, generator=generator).to(device)
     label = torch.randint(0, job["classes"], (job["batch_size"],), generator=generator).to(device)
+    return image, label
+
+
+def train_step(model, optim, scaler, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """One optimisation step as ``HiCroPL.forward_backward`` does it; returns the loss."""
     model.train()
+    loss = model(image, label)
+    optim.zero_grad()
+    if scaler is None:
+        loss.backward()
+        optim.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+    return loss
+
+
+def measure_train(job: Dict[str, Any], model, optim, scaler, device: torch.device) -> Dict[str, Any]:
+    """Median time of one optimisation step (the work of ``HiCroPL.forward_backward``)."""
+    image, label = train_batch(job, model, device)
     times = []
     for step in range(job["warmup"] + job["repeats"]):
         synchronize(device)
         start = time.perf_counter()
-        loss = model(image, label)
-        optim.zero_grad()
-        if scaler is None:
-            loss.backward()
-            optim.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optim)
-            scaler.update()
+        loss = train_step(model, optim, scaler, image, label)
         synchronize(device)
         elapsed = time.perf_counter() - start
         if step >= job["warmup"]:
@@ -159,14 +181,19 @@ def measure_train(job: Dict[str, Any], model, optim, scaler, device: torch.devic
 
 
 @torch.no_grad()
-def evaluate_once(model, images: torch.Tensor, n_images: int) -> None:
-    """One evaluation of n_images (the batch tensor repeated, the last batch cut short), as ``SimpleTrainer.test``."""
+def evaluate_once(model, images: torch.Tensor, n_images: int, table=None) -> None:
+    """One evaluation of n_images (the batch tensor repeated, the last batch cut short), as ``SimpleTrainer.test``.
+
+    ``table``: a ``FeatureTable`` of the n images (what ``HiCroPL.test`` puts in the model), None: no cache."""
     model.eval()  # (re)entering eval mode drops the cached text side: every evaluation pays for it once
+    model.eval_features = table
     done = 0
     while done < n_images:
         batch = images[: n_images - done]
-        model(batch).argmax(dim=1)
+        index = torch.arange(done, done + batch.shape[0], device=batch.device)
+        model(batch, index=index).argmax(dim=1)
         done += batch.shape[0]
+    model.eval_features = None
 
 
 def measure_eval(job: Dict[str, Any], model, device: torch.device) -> Dict[str, Any]:
@@ -190,6 +217,46 @@ def measure_eval(job: Dict[str, Any], model, device: torch.device) -> Dict[str, 
             "images_per_s": n_images / median, "images_per_s_best": n_images / min(times)}
 
 
+def measure_epochs(job: Dict[str, Any], model, optim, scaler, device: torch.device) -> Dict[str, Any]:
+    """``epochs`` x (``epoch_steps`` training steps + one evaluation of ``eval_images``), uncached and cached."""
+    from trainers.feature_cache import FeatureTable
+
+    image, label = train_batch(job, model, device)
+    resolution = model.clip_model.visual.input_resolution
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(job["eval_batch_size"], 3, resolution, resolution, generator=generator).to(device)
+    n_images = job["epoch_eval_images"]  # the same for both paths (not --naive-eval-images): epochs are compared
+    train_step(model, optim, scaler, image, label)  # warm-up: one step and one batch, untimed
+    evaluate_once(model, images, images.shape[0])
+    modes = {"uncached": None}
+    if job["path"] == "optimised":
+        modes["cached"] = FeatureTable("benchmark", n_images, model.clip_model.embed_dim)
+    runs: Dict[str, Dict[str, List[float]]] = {mode: {"train_s": [], "eval_s": [], "epoch_s": []} for mode in modes}
+    for epoch in range(job["epochs"]):
+        for mode, table in modes.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(job["epoch_steps"]):
+                train_step(model, optim, scaler, image, label)
+            synchronize(device)
+            trained = time.perf_counter()
+            evaluate_once(model, images, n_images, table)
+            synchronize(device)
+            end = time.perf_counter()
+            run = runs[mode]
+            run["train_s"].append(trained - start)
+            run["eval_s"].append(end - trained)
+            run["epoch_s"].append(end - start)
+            log(f"  epoch {epoch + 1}/{job['epochs']} {mode}: {job['epoch_steps']} steps {trained - start:.2f} s + "
+                f"evaluation of {n_images} images {end - trained:.2f} s")
+    for run in runs.values():
+        later = slice(1, None) if job["epochs"] > 1 else slice(None)  # epoch 1 fills the cache
+        for part in ("train_s", "eval_s", "epoch_s"):
+            run[f"{part}_median_later"] = statistics.median(run[part][later])
+    return {"epochs": job["epochs"], "epoch_steps": job["epoch_steps"], "images": n_images,
+            "batch_size": job["batch_size"], "eval_batch_size": job["eval_batch_size"], **runs}
+
+
 def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
     """Build the model and run the job's phases; returns {phase: result} with peak memory per phase."""
     if job["threads"]:
@@ -206,8 +273,10 @@ def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
             # What training leaves behind (gradients, optimizer state) is no part of an evaluation's memory.
             optim.state.clear()
             model.zero_grad(set_to_none=True)
-        else:
+        elif phase == "eval":
             result = measure_eval(job, model, device)
+        else:
+            result = measure_epochs(job, model, optim, scaler, device)
         if device.type == "cuda":
             result.update(peak_memory_bytes=torch.cuda.max_memory_allocated(device), memory="cuda_max_allocated")
         else:
@@ -287,6 +356,21 @@ def ratios(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             entry["eval_speedup"] = opt["eval"]["images_per_s"] / naive["eval"]["images_per_s"]
             entry["eval_memory_ratio"] = opt["eval"]["peak_memory_bytes"] / naive["eval"]["peak_memory_bytes"]
         out.append(entry)
+    for (classes, prec, path), opt in keyed.items():
+        epoch = opt.get("epoch", {})
+        if path != "optimised" or "cached" not in epoch:
+            continue
+        cached, uncached = epoch["cached"], epoch["uncached"]
+        entry = next((e for e in out if (e["classes"], e["prec"]) == (classes, prec)), None)
+        if entry is None:
+            entry = {"classes": classes, "prec": prec}
+            out.append(entry)
+        # Epochs 2.. (the cache is filled by epoch 1): the gain of every evaluation after the first.
+        entry["repeat_eval_cache_speedup"] = uncached["eval_s_median_later"] / cached["eval_s_median_later"]
+        entry["epoch_cache_speedup"] = uncached["epoch_s_median_later"] / cached["epoch_s_median_later"]
+        naive_epoch = keyed.get((classes, prec, "naive"), {}).get("epoch", {}).get("uncached")
+        if naive_epoch is not None:
+            entry["epoch_speedup_vs_naive"] = naive_epoch["epoch_s_median_later"] / cached["epoch_s_median_later"]
     return out
 
 
@@ -317,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mapper-mode", default="released", choices=["released", "differentiable"])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="trainer yaml for the prompt settings")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument("--phases", nargs="+", default=list(DEFAULT_PHASES), choices=PHASES,
+                        help="default: train eval (epoch is opt-in)")
+    parser.add_argument("--epochs", type=int, default=3, help="epoch phase: epochs per mode (default 3)")
+    parser.add_argument("--epoch-steps", type=int, default=2, help="epoch phase: training steps per epoch (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps / evaluations (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -341,8 +428,9 @@ def main() -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device cuda but CUDA is not available; use --device cpu")
-    if min(args.classes) < 1 or args.batch_size < 1 or args.eval_batch_size < 1 or args.repeats < 1:
-        sys.exit("error: --classes, --batch-size, --eval-batch-size and --repeats must be >= 1")
+    if min(args.classes + [args.batch_size, args.eval_batch_size, args.repeats, args.epochs, args.epoch_steps]) < 1:
+        sys.exit("error: --classes, --batch-size, --eval-batch-size, --repeats, --epochs and --epoch-steps "
+                 "must be >= 1")
     eval_images = args.eval_images or 10 * args.eval_batch_size
     naive_eval_images = args.naive_eval_images or eval_images
     # CPU: one process per phase, so that each peak RSS is that phase's alone. CUDA: the peak can be reset.
@@ -358,7 +446,7 @@ def main() -> None:
             "eval_images": eval_images, "naive_eval_images": naive_eval_images, "mapper_mode": args.mapper_mode,
             "config": osp.relpath(args.config, REPO), "warmup": args.warmup, "repeats": args.repeats,
             "text_checkpointing": args.text_checkpointing, "threads": args.threads or torch.get_num_threads(),
-            "isolated_processes": isolate,
+            "isolated_processes": isolate, "epochs": args.epochs, "epoch_steps": args.epoch_steps,
         },
         "load_average_start": load_average(),
         "results": [],
@@ -375,7 +463,8 @@ def main() -> None:
                         "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
                         "eval_images": naive_eval_images if path == "naive" else eval_images,
                         "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
-                        "text_checkpointing": args.text_checkpointing,
+                        "text_checkpointing": args.text_checkpointing, "epochs": args.epochs,
+                        "epoch_steps": args.epoch_steps, "epoch_eval_images": eval_images,
                     }
                     log(f"{classes} classes, {prec}, {path}: {' + '.join(phases)} (load average {load_average()})")
                     result = spawn(job) if isolate else run_here(job)

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py end to end on random:tiny (functional: fields, counts and consistency; no timing claims)."""
+"""scripts/benchmark.py end to end on random:tiny, all three phases (functional: fields, counts and consistency; no
+timing claims)."""
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def run_benchmark(tmp_path, *extra):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("bench")
-    proc, out = run_benchmark(tmp_path)
+    proc, out = run_benchmark(tmp_path, "--phases", "train", "eval", "epoch", "--epochs", "2", "--epoch-steps", "1")
     data = json.loads(out.read_text())
     assert json.loads(proc.stdout) == data  # stdout carries the same JSON
     return data, proc.stderr
@@ -76,3 +77,23 @@ def test_bad_precision_for_the_device_fails_the_measurement_not_the_run(tmp_path
     proc, out = run_benchmark(tmp_path, "--prec", "amp", "--paths", "optimised", "--phases", "train")
     (entry,) = json.loads(out.read_text())["results"]
     assert "needs a CUDA device" in proc.stderr and set(entry["errors"]) == {"train"}
+
+
+def test_epoch_phase_times_cached_and_uncached_epochs_and_their_ratios(report):
+    data, _ = report
+    optimised, naive = data["results"]
+    assert set(optimised["epoch"]) >= {"cached", "uncached"} and "cached" not in naive["epoch"]
+    for entry in (optimised, naive):
+        epoch = entry["epoch"]
+        assert epoch["epochs"] == 2 and epoch["epoch_steps"] == 1 and epoch["images"] == 5  # not --naive-eval-images
+    for run in (optimised["epoch"]["cached"], optimised["epoch"]["uncached"], naive["epoch"]["uncached"]):
+        assert len(run["epoch_s"]) == 2
+        for i in range(2):
+            assert run["epoch_s"][i] == pytest.approx(run["train_s"][i] + run["eval_s"][i])
+        assert run["epoch_s_median_later"] == run["epoch_s"][1]  # epoch 1 (filling the cache) left out
+    (ratio,) = data["ratios"]
+    cached, uncached = optimised["epoch"]["cached"], optimised["epoch"]["uncached"]
+    assert ratio["repeat_eval_cache_speedup"] == pytest.approx(uncached["eval_s"][1] / cached["eval_s"][1])
+    assert ratio["epoch_cache_speedup"] == pytest.approx(uncached["epoch_s"][1] / cached["epoch_s"][1])
+    naive_epoch = naive["epoch"]["uncached"]["epoch_s"][1]
+    assert ratio["epoch_speedup_vs_naive"] == pytest.approx(naive_epoch / cached["epoch_s"][1])

@@ -22,6 +22,7 @@ COMPRESSIONS = ("lkp", "mean", "mlp")
 CONSISTENCY_TARGETS = ("descriptions", "template", "imagenet_templates", "random_description")
 CONSISTENCY_CRITERIA = ("cosine", "l1", "mse")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+EVAL_FEATURE_CACHES = ("disk", "memory", "off")
 
 
 def add_trainer_cfg(cfg: CN) -> None:
@@ -110,6 +111,11 @@ def add_trainer_cfg(cfg: CN) -> None:
     # features and their frozen targets: "cosine" (published: 1 - mean cosine similarity), "l1" / "mse" (mean
     # absolute / squared difference over all elements, PyTorch's F.l1_loss / F.mse_loss).
     cfg.TRAINER.HICROPL.CONSISTENCY_CRITERION = "cosine"
+    # Frozen teacher image features of an evaluation set, computed once and reused by later evaluations of the same
+    # set (one image pass instead of two; same logits), one of EVAL_FEATURE_CACHES: "disk" (in memory for the run
+    # and in $HICROPL_CACHE_DIR/teacher_features/, so later runs and seeds reuse them), "memory" (this run only),
+    # "off" (the teacher runs on every evaluation batch, as released). Key: see README "Evaluation feature cache".
+    cfg.TRAINER.HICROPL.CACHE_EVAL_FEATURES = "disk"
 
     cfg.TRAINER.ZSCLIP = CN()
     # Zero-shot classifier, one of ZS_CLASSIFIERS: "template" (CoOp's hand-crafted per-dataset sentence) or

@@ -10,7 +10,8 @@ One self-contained trainer file, read top to bottom:
    mapped text -> image, layers [k, J) image -> text (SPEC §3.4), either written back into the prompt parameters
    without gradient (``MAPPER_MODE released``) or computed as differentiable tensors (``differentiable``);
 5. ``CustomCLIP``: prompted CLIP + frozen teacher, fused logits (SPEC §4.1) and the loss (SPEC §4.3);
-6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code).
+6. the registered ``HiCroPL`` trainer (optimiser, precision, checkpoints incl. those of the released code, the
+   frozen teacher's features of each evaluation set computed once: ``trainers.feature_cache``).
 
 The paper's ablations are config switches (trainers/config.py), each a small named piece: ``flow_layers`` (FLOW),
 ``apply_mapper`` (T2I_SCALE / I2T_SCALE), ``COMPRESSION_MODULES`` (COMPRESSION), ``ConsistencyTarget``
@@ -27,8 +28,9 @@ import pickle
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -47,11 +49,19 @@ from trainers.config import (
     COMPRESSIONS,
     CONSISTENCY_CRITERIA,
     CONSISTENCY_TARGETS,
+    EVAL_FEATURE_CACHES,
     FLOWS,
     MAPPER_MODES,
     MAPPER_SCALES,
     PRECISIONS,
     apply_optim_eps,
+)
+from trainers.feature_cache import (
+    FeatureTable,
+    feature_key,
+    image_list_digest,
+    process_shard,
+    state_digest,
 )
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -97,6 +107,9 @@ def check_hicropl_cfg(
     """
     if hc.PREC not in PRECISION_TABLE:
         raise UserError(f"TRAINER.HICROPL.PREC is {hc.PREC!r}; choose one of {', '.join(PRECISIONS)}")
+    if hc.CACHE_EVAL_FEATURES not in EVAL_FEATURE_CACHES:
+        raise UserError(f"TRAINER.HICROPL.CACHE_EVAL_FEATURES is {hc.CACHE_EVAL_FEATURES!r}; "
+                        f"choose one of {', '.join(EVAL_FEATURE_CACHES)}")
     if hc.MAPPER_MODE not in MAPPER_MODES:
         raise UserError(f"TRAINER.HICROPL.MAPPER_MODE is {hc.MAPPER_MODE!r}; choose one of {', '.join(MAPPER_MODES)}")
     if hc.N_CTX < 1:
@@ -151,14 +164,8 @@ def cache_dir() -> Path:
 def _text_tower_digest(clip_model: CLIP) -> str:
     """SHA-256 of every weight the text features depend on (all of CLIP except the image tower) and of the
     architecture, whose head counts and activation are not in the weights (open_clip's ViT-B-16 vs -quickgelu)."""
-    digest = hashlib.sha256(repr(clip_model.config).encode())
-    for name, tensor in sorted(clip_model.state_dict().items()):
-        if name.startswith("visual."):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return state_digest(((name, tensor) for name, tensor in clip_model.state_dict().items()
+                         if not name.startswith("visual.")), header=repr(clip_model.config))
 
 
 @torch.no_grad()
@@ -668,6 +675,9 @@ class CustomCLIP(nn.Module):
     # recomputes them for every batch, as the released code does (the naive path of scripts/benchmark.py): same
     # logits for the first batch, but in MAPPER_MODE released every extra call re-maps the prompts in place.
     cache_eval_text: bool = True
+    # Teacher features of the evaluation set being evaluated, one row per image index (set by ``HiCroPL.test``
+    # for one evaluation); None: the teacher runs on every batch.
+    eval_features: Optional[FeatureTable] = None
 
     def __init__(
         self,
@@ -731,19 +741,28 @@ class CustomCLIP(nn.Module):
             self._eval_cache = ([p.detach() for p in visual_prompts], text_features.detach())
         return visual_prompts, text_features
 
-    def forward_features(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image (B, 3, R, R) -> logits (B, n_cls), f_img (B, d), V (B, d), f_txt (n_cls, d)."""
+    def forward_features(
+        self, image: torch.Tensor, index: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """image (B, 3, R, R) -> logits (B, n_cls), f_img (B, d), V (B, d), f_txt (n_cls, d).
+
+        index (B,): the images' positions in the evaluation set; in eval mode with ``eval_features`` set, V of
+        images seen before comes from that table instead of the teacher."""
         with self.precision.autocast_context(image.device.type):
             visual_prompts, text_features = self.prompts_and_text_features()
-            teacher = self.teacher_features(image)
+            if self.training or self.eval_features is None or index is None:
+                teacher = self.teacher_features(image)
+            else:
+                teacher = self.eval_features.features_for(index, lambda: self.teacher_features(image))
             image_features = fuse(self.clip_model.encode_image(image, visual_prompts), teacher)
             logits = self.clip_model.logit_scale.exp() * image_features @ text_features.t()
         return logits.float(), image_features, teacher, text_features
 
-    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False):
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None, return_terms: bool = False,
+                index: Optional[torch.Tensor] = None):
         """With ``label``: the scalar loss of SPEC §4.3 (and its terms if ``return_terms``); without: logits
-        (B, n_cls) float32."""
-        logits, image_features, teacher, text_features = self.forward_features(image)
+        (B, n_cls) float32. ``index``: see ``forward_features``."""
+        logits, image_features, teacher, text_features = self.forward_features(image, index)
         if label is None:
             return logits
         target = self.frozen_text if self.consistency_target is None else self.consistency_target()
@@ -888,3 +907,81 @@ class HiCroPL(TrainerX):
 
     def parse_batch_train(self, batch: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    # --- evaluation: the teacher's features of an evaluation set are computed once ----------------------------------
+
+    def parse_batch_test(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> Tuple[Tuple[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]:
+        """((image (B, 3, R, R), index (B,) or None), label (B,)): the index names the images for the cache."""
+        image, label = super().parse_batch_test(batch)
+        return (image, batch.get("index")), label
+
+    def model_inference(self, input: Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]) -> torch.Tensor:
+        """Logits (B, n_cls) of ``(image, index)`` from ``parse_batch_test`` or of an image batch alone."""
+        image, index = input if isinstance(input, tuple) else (input, None)
+        return self.model(image, index=index)
+
+    def test(self, split: Optional[str] = None) -> float:
+        """The engine's evaluation, with the evaluation set's teacher-feature table in the model (saved after)."""
+        model = self._models[self.model_name]
+        model.eval_features = table = self.eval_feature_table(split)
+        try:
+            result = super().test(split)
+        finally:
+            model.eval_features = None
+        if table is not None:
+            table.save()
+        return result
+
+    @cached_property
+    def eval_feature_tables(self) -> Dict[str, FeatureTable]:
+        """key -> teacher-feature table, for the keys the splits last evaluated (val and test may share one)."""
+        return {}
+
+    @cached_property
+    def eval_feature_keys(self) -> Dict[str, str]:
+        """split name -> key of the set it evaluated last."""
+        return {}
+
+    @cached_property
+    def teacher_digest(self) -> str:
+        """SHA-256 of the frozen teacher's image tower as it runs (weights after the precision's conversion, and the
+        architecture, whose head counts and activation are not in the weights)."""
+        model = self._models[self.model_name]
+        teacher = model.teacher if model.teacher is not None else model.clip_model
+        return state_digest(teacher.visual.state_dict().items(), header=repr(teacher.config))
+
+    def eval_feature_table(self, split: Optional[str]) -> Optional[FeatureTable]:
+        """The teacher-feature table of the set ``test(split)`` evaluates; None with CACHE_EVAL_FEATURES off.
+
+        Keyed by the teacher's weights, the ordered image files (path, size, mtime), the test transform and input
+        settings, PREC, the device type, the torch version and this process's shard (rank, world size)."""
+        hc = self.cfg.TRAINER.HICROPL
+        # Dassl's rule for the set test(split) reads (also on the real Dassl, which has no eval_loader()).
+        if (split or self.cfg.TEST.SPLIT) == "val" and self.val_loader is not None:
+            split, loader = "val", self.val_loader
+        else:
+            split, loader = "test", self.test_loader
+        data_source = getattr(loader.dataset, "data_source", None)
+        if hc.CACHE_EVAL_FEATURES == "off" or data_source is None:  # None: not a Dassl DatasetWrapper
+            return None
+        inputs = self.cfg.INPUT
+        key = feature_key({
+            "teacher": self.teacher_digest,
+            "images": image_list_digest([item.impath for item in data_source]),
+            "transform": repr(loader.dataset.transform),
+            "input": [inputs.SIZE, inputs.INTERPOLATION, inputs.PIXEL_MEAN, inputs.PIXEL_STD, inputs.TRANSFORMS],
+            "prec": hc.PREC,
+            "device": self.device.type,
+            "shard": process_shard(),
+        })
+        self.eval_feature_keys[split] = key
+        for stale in set(self.eval_feature_tables) - set(self.eval_feature_keys.values()):
+            del self.eval_feature_tables[stale]  # a set that changed (e.g. rewritten images): free its rows
+        if key not in self.eval_feature_tables:
+            folder = cache_dir() / "teacher_features" if hc.CACHE_EVAL_FEATURES == "disk" else None
+            embed_dim = self._models[self.model_name].clip_model.embed_dim
+            self.eval_feature_tables[key] = FeatureTable.open(
+                key, len(data_source), embed_dim, folder, self.device, "Teacher features")
+        return self.eval_feature_tables[key]
