@@ -184,7 +184,10 @@ def test_corrupt_cached_file_is_redownloaded(tmp_path, served):
 
 
 def test_offline_with_corrupt_cache_raises_and_keeps_the_file(tmp_path, served, monkeypatch):
-    served()
+    # A network URL (a file:// one needs no network and is allowed offline); the network must not be touched.
+    sha256 = served().split("/")[-2]
+    monkeypatch.setitem(pretrained.MODEL_URLS, NAME, f"https://weights.invalid/{sha256}/ViT-B-16.pt")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("network used in offline mode"))
     monkeypatch.setenv("HICROPL_OFFLINE", "1")
     cached = tmp_path / "cache" / "ViT-B-16.pt"
     cached.parent.mkdir()
