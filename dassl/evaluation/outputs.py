@@ -18,22 +18,13 @@ import csv
 import os
 import os.path as osp
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from dassl.utils.tools import atomic_write_path
+
 __all__ = ["new_evaluation_dir", "write_evaluation_files", "plot_reliability"]
-
-
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_csv(path: str, header: List[Any], rows: List[List[Any]]) -> None:
@@ -43,7 +34,7 @@ def _write_csv(path: str, header: List[Any], rows: List[List[Any]]) -> None:
             writer.writerow(header)
             writer.writerows(rows)
 
-    _atomic_write(path, write)
+    atomic_write_path(path, write)
 
 
 def new_evaluation_dir(output_dir: str, split: str, stage: str, epoch: Optional[int]) -> str:
@@ -91,7 +82,7 @@ def _write_reliability_png(path: str, reliability: Dict[str, Any], title: str) -
     plot_reliability(ax, reliability, title)
     ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write_path(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 

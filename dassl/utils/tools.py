@@ -7,7 +7,7 @@ import random
 import re
 import uuid
 import warnings
-from typing import Any, List
+from typing import Any, Callable, List
 
 import numpy as np
 import PIL
@@ -22,6 +22,7 @@ __all__ = [
     "check_isfile",
     "read_json",
     "write_json",
+    "atomic_write_path",
     "atomic_write_text",
     "write_failed",
     "temp_path_beside",
@@ -117,8 +118,8 @@ def write_failed(fpath: str, error: OSError) -> UserError:
     )
 
 
-def atomic_write_text(text: str, fpath: str) -> None:
-    """Write ``text`` to ``fpath`` through a temp file in the same folder and ``os.replace``.
+def atomic_write_path(fpath: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` writes a temp file in ``fpath``'s folder, which ``os.replace`` then moves to ``fpath``.
 
     Readers never see a half-written file, even if the process dies mid-write. The file gets the mode that ``open``
     gives (``0666 & ~umask``); a failed write (e.g. a full disk) raises ``write_failed``'s ``UserError``.
@@ -126,14 +127,23 @@ def atomic_write_text(text: str, fpath: str) -> None:
     mkdir_if_missing(osp.dirname(osp.abspath(fpath)))
     tmp = temp_path_beside(fpath)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, fpath)
     except OSError as e:
         raise write_failed(fpath, e) from None
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_text(text: str, fpath: str) -> None:
+    """Write ``text`` to ``fpath`` atomically (``atomic_write_path``)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write_path(fpath, write)
 
 
 def write_json(obj: Any, fpath: str) -> None:
